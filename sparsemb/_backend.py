@@ -1,0 +1,67 @@
+"""The one dispatch point: which implementation runs an op on a given tensor.
+
+``SPARSEMB_BACKEND`` (read on every call) overrides the choice:
+  - ``auto`` (default): CUDA tensors take the Triton kernels, everything else pure PyTorch;
+  - ``torch``: always the pure-PyTorch path;
+  - ``triton``: always the Triton kernels. On CPU tensors they run under Triton's interpreter,
+    which is how CI tests them; ``TRITON_INTERPRET=1`` must then be in the environment before
+    ``sparsemb.kernels`` is first imported, and sparsemb sets it itself when the variable is
+    unset at that moment.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from types import ModuleType
+
+import torch
+
+BACKENDS = ("auto", "torch", "triton")
+_kernels: ModuleType | None = None
+
+
+def requested_backend() -> str:
+    choice = os.environ.get("SPARSEMB_BACKEND", "auto").strip().lower() or "auto"
+    if choice not in BACKENDS:
+        raise ValueError(f"SPARSEMB_BACKEND must be one of {BACKENDS}, got {choice!r}")
+    return choice
+
+
+def triton_available() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def kernels() -> ModuleType:
+    """Import ``sparsemb.kernels`` once, under the interpreter when Triton must run on CPU."""
+    global _kernels
+    if _kernels is None:
+        if requested_backend() == "triton" and not torch.cuda.is_available():
+            os.environ.setdefault("TRITON_INTERPRET", "1")
+        from sparsemb import kernels as module
+
+        _kernels = module
+    return _kernels
+
+
+def interpreter_active() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def uses_triton(tensor: torch.Tensor) -> bool:
+    """True when ops on ``tensor`` should run the Triton kernels."""
+    choice = requested_backend()
+    if choice == "torch" or not tensor.dtype.is_floating_point or tensor.dtype == torch.float64:
+        return False
+    if choice == "auto":
+        return tensor.is_cuda and triton_available()
+    if not triton_available():
+        raise RuntimeError("SPARSEMB_BACKEND=triton but the triton package is not installed")
+    if tensor.device.type == "cpu":
+        kernels()
+        if not interpreter_active():
+            raise RuntimeError(
+                "SPARSEMB_BACKEND=triton on CPU tensors needs TRITON_INTERPRET=1 set before "
+                "sparsemb.kernels is imported"
+            )
+    return True

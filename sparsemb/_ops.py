@@ -1,0 +1,110 @@
+"""``torch.library`` ops in the ``sparsemb`` namespace: dispatch, fake impls, bounds checks.
+
+Each op picks its implementation through ``_backend.uses_triton`` (the one dispatch point) and
+has a fake implementation so ``torch.compile`` traces through it without a graph break. The
+in-place max_norm renorm is a separate mutating op run before the gather, as ``F.embedding``
+does, because a mutating op cannot carry an autograd formula.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from sparsemb import _reference as ref
+from sparsemb._backend import kernels, uses_triton
+
+
+def check_index_range(indices: Tensor, num_embeddings: int) -> None:
+    """Raise IndexError naming the first offending value if an index is outside the table."""
+    if indices.numel() == 0:
+        return
+    low, high = torch.aminmax(indices)
+    low, high = int(low), int(high)
+    if low < 0:
+        raise IndexError(
+            f"index {low} is negative; indices must lie in [0, num_embeddings={num_embeddings})"
+        )
+    if high >= num_embeddings:
+        raise IndexError(
+            f"index {high} is out of range for num_embeddings={num_embeddings} "
+            f"(valid indices are 0..{num_embeddings - 1})"
+        )
+
+
+@torch.library.custom_op("sparsemb::renorm_", mutates_args=("weight",))
+def renorm_(
+    weight: Tensor, indices: Tensor, max_norm: float, norm_type: float, check_bounds: bool
+) -> None:
+    """Scale each unique looked-up row with norm > max_norm down to max_norm, in place."""
+    if uses_triton(weight):
+        kernels().renorm_rows_(weight, indices, max_norm, norm_type, check_bounds)
+        return
+    if check_bounds:
+        check_index_range(indices, weight.shape[0])
+    ref.renorm_(weight, indices, max_norm, norm_type)
+
+
+@renorm_.register_fake
+def _(weight, indices, max_norm, norm_type, check_bounds):
+    return None
+
+
+@torch.library.custom_op("sparsemb::gather", mutates_args=())
+def gather(weight: Tensor, indices: Tensor, check_bounds: bool) -> Tensor:
+    """Rows ``weight[indices]``, (N, D), for 1-D ``indices``."""
+    if uses_triton(weight):
+        return kernels().gather(weight, indices, check_bounds)
+    if check_bounds:
+        check_index_range(indices, weight.shape[0])
+    return ref.gather(weight, indices)
+
+
+@gather.register_fake
+def _(weight, indices, check_bounds):
+    return weight.new_empty(indices.shape[0], weight.shape[1])
+
+
+@torch.library.custom_op("sparsemb::dedup_grad", mutates_args=())
+def dedup_grad(
+    grad: Tensor, indices: Tensor, padding_idx: int, scale_grad_by_freq: bool
+) -> tuple[Tensor, Tensor]:
+    """(unique rows ascending, summed gradient rows) of a lookup; see ``_reference.dedup_grad``."""
+    if uses_triton(grad):
+        return kernels().dedup_grad(grad, indices, padding_idx, scale_grad_by_freq)
+    return ref.dedup_grad(grad, indices, padding_idx, scale_grad_by_freq)
+
+
+@dedup_grad.register_fake
+def _(grad, indices, padding_idx, scale_grad_by_freq):
+    unique_count = torch.library.get_ctx().new_dynamic_size()
+    unique = indices.new_empty(unique_count, dtype=torch.int64)
+    return unique, grad.new_empty(unique_count, grad.shape[1])
+
+
+@torch.library.custom_op("sparsemb::dense_grad", mutates_args=())
+def dense_grad(
+    grad: Tensor, indices: Tensor, num_weights: int, padding_idx: int, scale_grad_by_freq: bool
+) -> Tensor:
+    """The (num_weights, D) gradient of a lookup, equal to torch's dense embedding backward."""
+    if uses_triton(grad):
+        return kernels().dense_grad(grad, indices, num_weights, padding_idx, scale_grad_by_freq)
+    return ref.dense_grad(grad, indices, num_weights, padding_idx, scale_grad_by_freq)
+
+
+@dense_grad.register_fake
+def _(grad, indices, num_weights, padding_idx, scale_grad_by_freq):
+    return grad.new_empty(num_weights, grad.shape[1])
+
+
+@torch.library.custom_op("sparsemb::dense_grad_backward", mutates_args=())
+def dense_grad_backward(
+    grad_grad: Tensor, indices: Tensor, padding_idx: int, scale_grad_by_freq: bool
+) -> Tensor:
+    """Adjoint of ``dense_grad`` (double backward): a scaled, padding-masked gather."""
+    return ref.dense_grad_backward(grad_grad, indices, padding_idx, scale_grad_by_freq)
+
+
+@dense_grad_backward.register_fake
+def _(grad_grad, indices, padding_idx, scale_grad_by_freq):
+    return grad_grad.new_empty(indices.shape[0], grad_grad.shape[1])

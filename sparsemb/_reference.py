@@ -1,0 +1,108 @@
+"""Pure-PyTorch implementations of every sparsemb op.
+
+This is the CPU backend and the tests' second oracle (after ``torch.nn.Embedding``): the Triton
+kernels in ``sparsemb.kernels`` compute exactly these functions. Every function takes the
+indices already flattened to 1-D and validated.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+RENORM_EPS = 1e-7  # torch adds this to the norm before dividing: scale = max_norm / (norm + eps)
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Sums of gradient rows run in float32 (float64 stays float64)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def row_norms(rows: Tensor, norm_type: float) -> Tensor:
+    """The norm_type-norm of each row, computed in the accumulation dtype."""
+    return torch.linalg.vector_norm(rows.to(accumulation_dtype(rows.dtype)), ord=norm_type, dim=1)
+
+
+def renorm_scales(norms: Tensor, max_norm: float) -> Tensor:
+    """Per-row factor: max_norm / (norm + 1e-7) where norm > max_norm, else 1."""
+    scale = max_norm / (norms + RENORM_EPS)
+    return torch.where(norms > max_norm, scale, torch.ones_like(scale))
+
+
+def renorm_(weight: Tensor, indices: Tensor, max_norm: float, norm_type: float) -> None:
+    """Rescale, in place, each unique looked-up row whose norm exceeds max_norm."""
+    rows_ids = torch.unique(indices)
+    if rows_ids.numel() == 0 or weight.shape[1] == 0:
+        return
+    rows = weight.index_select(0, rows_ids)
+    scales = renorm_scales(row_norms(rows, norm_type), max_norm)
+    over = scales < 1
+    if not bool(over.any()):
+        return
+    rows_ids, rows, scales = rows_ids[over], rows[over], scales[over]
+    scaled = (rows.to(scales.dtype) * scales.unsqueeze(1)).to(weight.dtype)
+    weight.index_copy_(0, rows_ids, scaled)
+
+
+def gather(weight: Tensor, indices: Tensor) -> Tensor:
+    """Rows ``weight[indices]`` as an (N, D) tensor."""
+    return weight.index_select(0, indices)
+
+
+def sorted_segments(indices: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Unique indices (ascending), the position of each index among them, and their counts."""
+    return torch.unique(indices, sorted=True, return_inverse=True, return_counts=True)
+
+
+def drop_padding(unique: Tensor, values: Tensor, padding_idx: int) -> tuple[Tensor, Tensor]:
+    """Remove the padding row (if present) from a deduplicated gradient."""
+    if padding_idx < 0:
+        return unique, values
+    keep = unique != padding_idx
+    return unique[keep], values[keep]
+
+
+def dedup_grad(
+    grad: Tensor, indices: Tensor, padding_idx: int, scale_grad_by_freq: bool
+) -> tuple[Tensor, Tensor]:
+    """The deduplicated gradient of a lookup: (unique rows ascending, summed gradient rows).
+
+    ``grad`` is (N, D), ``indices`` (N,). Sums run in float32 (float64 for float64), in index
+    order, so the result is deterministic; scale_grad_by_freq divides each sum by the row's count
+    in the batch; the padding row (``padding_idx >= 0``) is dropped.
+    """
+    unique, inverse, counts = sorted_segments(indices.to(torch.int64))
+    acc = accumulation_dtype(grad.dtype)
+    values = torch.zeros(unique.numel(), grad.shape[1], dtype=acc, device=grad.device)
+    values.index_add_(0, inverse, grad.to(acc))
+    if scale_grad_by_freq:
+        values /= counts.unsqueeze(1).to(acc)
+    unique, values = drop_padding(unique, values, padding_idx)
+    return unique, values.to(grad.dtype)
+
+
+def dense_grad(
+    grad: Tensor, indices: Tensor, num_weights: int, padding_idx: int, scale_grad_by_freq: bool
+) -> Tensor:
+    """The dense (num_weights, D) gradient: the deduplicated sums scattered into zeros."""
+    unique, values = dedup_grad(grad, indices, padding_idx, scale_grad_by_freq)
+    out = torch.zeros(num_weights, grad.shape[1], dtype=grad.dtype, device=grad.device)
+    return out.index_copy_(0, unique, values)
+
+
+def dense_grad_backward(
+    grad_grad: Tensor, indices: Tensor, padding_idx: int, scale_grad_by_freq: bool
+) -> Tensor:
+    """Derivative of ``dense_grad`` w.r.t. its ``grad`` input, applied to ``grad_grad`` (V, D).
+
+    dense_grad is linear in grad: out[v] = sum_{i: idx_i = v} grad[i] * s_v, so its adjoint is a
+    gather, scaled by 1/count and zeroed at the padding row.
+    """
+    out = grad_grad.index_select(0, indices)
+    weight_of_each = torch.ones(indices.shape, dtype=out.dtype, device=out.device)
+    if scale_grad_by_freq:
+        _, inverse, counts = sorted_segments(indices.to(torch.int64))
+        weight_of_each = weight_of_each / counts[inverse].to(out.dtype)
+    if padding_idx >= 0:
+        weight_of_each = weight_of_each.masked_fill(indices == padding_idx, 0)
+    return out * weight_of_each.unsqueeze(1)
