@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
 from types import ModuleType
@@ -18,7 +19,6 @@ from types import ModuleType
 import torch
 
 BACKENDS = ("auto", "torch", "triton")
-_kernels: ModuleType | None = None
 
 
 def requested_backend() -> str:
@@ -32,16 +32,11 @@ def triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
-def kernels() -> ModuleType:
-    """Import ``sparsemb.kernels`` once, under the interpreter when Triton must run on CPU."""
-    global _kernels
-    if _kernels is None:
-        if requested_backend() == "triton" and not torch.cuda.is_available():
-            os.environ.setdefault("TRITON_INTERPRET", "1")
-        from sparsemb import kernels as module
-
-        _kernels = module
-    return _kernels
+def kernel_module(name: str) -> ModuleType:
+    """``sparsemb.kernels.<name>``, imported under the interpreter when Triton must run on CPU."""
+    if requested_backend() == "triton" and not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    return importlib.import_module(f"sparsemb.kernels.{name}")
 
 
 def interpreter_active() -> bool:
@@ -58,7 +53,6 @@ def uses_triton(tensor: torch.Tensor) -> bool:
     if not triton_available():
         raise RuntimeError("SPARSEMB_BACKEND=triton but the triton package is not installed")
     if tensor.device.type == "cpu":
-        kernels()
         if not interpreter_active():
             raise RuntimeError(
                 "SPARSEMB_BACKEND=triton on CPU tensors needs TRITON_INTERPRET=1 set before "

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from sparsemb import _reference as ref
-from sparsemb._backend import kernels, uses_triton
+from sparsemb._backend import kernel_module, uses_triton
 
 
 def check_index_range(indices: Tensor, num_embeddings: int) -> None:
@@ -38,7 +38,7 @@ def renorm_(
 ) -> None:
     """Scale each unique looked-up row with norm > max_norm down to max_norm, in place."""
     if uses_triton(weight):
-        kernels().renorm_rows_(weight, indices, max_norm, norm_type, check_bounds)
+        kernel_module("gather").renorm_rows_(weight, indices, max_norm, norm_type, check_bounds)
         return
     if check_bounds:
         check_index_range(indices, weight.shape[0])
@@ -54,7 +54,7 @@ def _(weight, indices, max_norm, norm_type, check_bounds):
 def gather(weight: Tensor, indices: Tensor, check_bounds: bool) -> Tensor:
     """Rows ``weight[indices]``, (N, D), for 1-D ``indices``."""
     if uses_triton(weight):
-        return kernels().gather(weight, indices, check_bounds)
+        return kernel_module("gather").gather(weight, indices, check_bounds)
     if check_bounds:
         check_index_range(indices, weight.shape[0])
     return ref.gather(weight, indices)
@@ -71,7 +71,7 @@ def dedup_grad(
 ) -> tuple[Tensor, Tensor]:
     """(unique rows ascending, summed gradient rows) of a lookup; see ``_reference.dedup_grad``."""
     if uses_triton(grad):
-        return kernels().dedup_grad(grad, indices, padding_idx, scale_grad_by_freq)
+        return kernel_module("grad").dedup_grad(grad, indices, padding_idx, scale_grad_by_freq)
     return ref.dedup_grad(grad, indices, padding_idx, scale_grad_by_freq)
 
 
@@ -88,7 +88,7 @@ def dense_grad(
 ) -> Tensor:
     """The (num_weights, D) gradient of a lookup, equal to torch's dense embedding backward."""
     if uses_triton(grad):
-        return kernels().dense_grad(grad, indices, num_weights, padding_idx, scale_grad_by_freq)
+        return kernel_module("grad").dense_grad(grad, indices, num_weights, padding_idx, scale_grad_by_freq)
     return ref.dense_grad(grad, indices, num_weights, padding_idx, scale_grad_by_freq)
 
 
