@@ -38,7 +38,11 @@ def renorm_(
 ) -> None:
     """Scale each unique looked-up row with norm > max_norm down to max_norm, in place."""
     if uses_triton(weight):
-        kernel_module("gather").renorm_rows_(weight, indices, max_norm, norm_type, check_bounds)
+        unique = torch.unique(indices)
+        if check_bounds and unique.numel():
+            check_index_range(unique[[0, -1]], weight.shape[0])
+        kernels = kernel_module("gather")
+        kernels.renorm_rows_(weight, unique, max_norm, norm_type, ref.RENORM_EPS)
         return
     if check_bounds:
         check_index_range(indices, weight.shape[0])
@@ -54,7 +58,10 @@ def _(weight, indices, max_norm, norm_type, check_bounds):
 def gather(weight: Tensor, indices: Tensor, check_bounds: bool) -> Tensor:
     """Rows ``weight[indices]``, (N, D), for 1-D ``indices``."""
     if uses_triton(weight):
-        return kernel_module("gather").gather(weight, indices, check_bounds)
+        out, bad = kernel_module("gather").gather(weight, indices, check_bounds)
+        if bad is not None and bool(bad):  # one flag read; details only on the error path
+            check_index_range(indices, weight.shape[0])
+        return out
     if check_bounds:
         check_index_range(indices, weight.shape[0])
     return ref.gather(weight, indices)
@@ -88,7 +95,8 @@ def dense_grad(
 ) -> Tensor:
     """The (num_weights, D) gradient of a lookup, equal to torch's dense embedding backward."""
     if uses_triton(grad):
-        return kernel_module("grad").dense_grad(grad, indices, num_weights, padding_idx, scale_grad_by_freq)
+        kernels = kernel_module("grad")
+        return kernels.dense_grad(grad, indices, num_weights, padding_idx, scale_grad_by_freq)
     return ref.dense_grad(grad, indices, num_weights, padding_idx, scale_grad_by_freq)
 
 

@@ -1,0 +1,142 @@
+"""Deduplicated embedding gradient: sort, then a deterministic two-stage segment reduce.
+
+The batch's indices are sorted (stably, so equal rows keep batch order) and cut into segments,
+one per unique row. Long segments (hot rows under Zipf traffic) are split into chunks of at most
+``CHUNK`` positions so that no program walks thousands of rows alone:
+  1. ``_chunk_sum_kernel``: one program per (chunk, column block) sums its gradient rows in
+     float32 into a partial-sum buffer;
+  2. ``_segment_sum_kernel``: one program per (kept unique row, column block) adds that row's
+     chunk partials in chunk order, divides by the count (scale_grad_by_freq), and writes the
+     row either to position i of the sparse values or to row ``unique[i]`` of a dense gradient.
+Every sum runs in a fixed order, so the result is bit-identical run to run; there are no atomics.
+The padding row is dropped before stage 2. All offsets are int64.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+CHUNK = 32  # gradient rows one stage-1 program sums
+MAX_BLOCK_D = 256  # columns per program; wider rows use more column blocks
+
+
+@triton.jit
+def _chunk_sum_kernel(
+    grad_ptr,  # (N, D) output gradient, row stride stride_gn, unit column stride
+    perm_ptr,  # (N,) int64 positions of the sorted indices in the batch
+    chunk_start_ptr,  # (C,) int64 first sorted position of each chunk
+    chunk_end_ptr,  # (C,) int64 one past the last sorted position of each chunk
+    partial_ptr,  # (C, D) float32 partial sums, contiguous
+    dim,  # D
+    stride_gn,  # elements between gradient rows
+    CHUNK: tl.constexpr,  # max positions per chunk
+    BLOCK_D: tl.constexpr,  # columns per program
+):
+    chunk = tl.program_id(0).to(tl.int64)  # int64: chunk * dim and row * stride overflow int32
+    cols = tl.program_id(1).to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D).to(tl.int64)
+    in_row = cols < dim
+    start = tl.load(chunk_start_ptr + chunk)
+    end = tl.load(chunk_end_ptr + chunk)
+    pos = start + tl.arange(0, CHUNK).to(tl.int64)
+    live = pos < end
+    src = tl.load(perm_ptr + pos, mask=live, other=0).to(tl.int64)
+    tile = tl.load(
+        grad_ptr + src[:, None] * stride_gn + cols[None, :],
+        mask=live[:, None] & in_row[None, :],
+        other=0.0,
+    ).to(tl.float32)
+    tl.store(partial_ptr + chunk * dim + cols, tl.sum(tile, axis=0), mask=in_row)
+
+
+@triton.jit
+def _segment_sum_kernel(
+    partial_ptr,  # (C, D) float32 chunk partial sums
+    seg_ptr,  # (K,) int64 segment number of each kept unique row
+    chunk_offsets_ptr,  # (U + 1,) int64 first chunk of each segment
+    offsets_ptr,  # (U + 1,) int64 first sorted position of each segment
+    unique_ptr,  # (U,) int64 unique rows (for the dense destination)
+    out_ptr,  # (K, D) sparse values or (V, D) dense gradient, contiguous
+    dim,  # D
+    SCALE_BY_FREQ: tl.constexpr,  # divide by the row's count in the batch
+    DENSE: tl.constexpr,  # write to row unique[seg] instead of row i
+    BLOCK_D: tl.constexpr,  # columns per program
+):
+    i = tl.program_id(0).to(tl.int64)  # int64: row * dim overflows int32 on big tables
+    cols = tl.program_id(1).to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D).to(tl.int64)
+    in_row = cols < dim
+    seg = tl.load(seg_ptr + i)
+    first = tl.load(chunk_offsets_ptr + seg)
+    last = tl.load(chunk_offsets_ptr + seg + 1)
+    acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    for c in range(first, last):
+        acc += tl.load(partial_ptr + c * dim + cols, mask=in_row, other=0.0)
+    if SCALE_BY_FREQ:
+        count = tl.load(offsets_ptr + seg + 1) - tl.load(offsets_ptr + seg)
+        acc = acc / count.to(tl.float32)
+    if DENSE:
+        dest = tl.load(unique_ptr + seg).to(tl.int64)
+    else:
+        dest = i
+    tl.store(out_ptr + dest * dim + cols, acc.to(out_ptr.dtype.element_ty), mask=in_row)
+
+
+def _segments(indices: torch.Tensor):
+    """Stable sort of the indices and the segment/chunk tables both stages read."""
+    sorted_rows, perm = torch.sort(indices.to(torch.int64), stable=True)
+    unique, counts = torch.unique_consecutive(sorted_rows, return_counts=True)
+    offsets = torch.zeros(unique.numel() + 1, dtype=torch.int64, device=indices.device)
+    torch.cumsum(counts, 0, out=offsets[1:])
+    n_chunks = (counts + CHUNK - 1) // CHUNK
+    chunk_offsets = torch.zeros_like(offsets)
+    torch.cumsum(n_chunks, 0, out=chunk_offsets[1:])
+    total = int(chunk_offsets[-1])
+    chunk_seg = torch.repeat_interleave(
+        torch.arange(unique.numel(), device=indices.device), n_chunks, output_size=total
+    )
+    rank = torch.arange(total, device=indices.device) - chunk_offsets[chunk_seg]
+    chunk_start = offsets[chunk_seg] + rank * CHUNK
+    chunk_end = torch.minimum(chunk_start + CHUNK, offsets[chunk_seg + 1])
+    return perm, unique, offsets, chunk_offsets, chunk_start, chunk_end
+
+
+def _reduce(grad, indices, padding_idx, scale_grad_by_freq, num_weights):
+    """Run both stages; ``num_weights`` None gives (unique, values), else the dense gradient."""
+    dim = grad.shape[1]
+    grad = grad if grad.stride(-1) == 1 else grad.contiguous()
+    perm, unique, offsets, chunk_offsets, chunk_start, chunk_end = _segments(indices)
+    seg = torch.arange(unique.numel(), device=grad.device)
+    if padding_idx >= 0:
+        keep = unique != padding_idx
+        seg, unique_kept = seg[keep], unique[keep]
+    else:
+        unique_kept = unique
+    if num_weights is None:
+        out = torch.empty(seg.numel(), dim, dtype=grad.dtype, device=grad.device)
+    else:
+        out = torch.zeros(num_weights, dim, dtype=grad.dtype, device=grad.device)
+    if seg.numel() == 0 or dim == 0:
+        return (unique_kept, out) if num_weights is None else out
+    block_d = min(triton.next_power_of_2(dim), MAX_BLOCK_D)
+    d_blocks = triton.cdiv(dim, block_d)
+    partial = torch.empty(chunk_start.numel(), dim, dtype=torch.float32, device=grad.device)
+    _chunk_sum_kernel[(chunk_start.numel(), d_blocks)](
+        grad, perm, chunk_start, chunk_end, partial, dim, grad.stride(0),
+        CHUNK=CHUNK, BLOCK_D=block_d,
+    )  # fmt: skip
+    _segment_sum_kernel[(seg.numel(), d_blocks)](
+        partial, seg, chunk_offsets, offsets, unique, out, dim,
+        SCALE_BY_FREQ=scale_grad_by_freq, DENSE=num_weights is not None, BLOCK_D=block_d,
+    )  # fmt: skip
+    return (unique_kept, out) if num_weights is None else out
+
+
+def dedup_grad(grad, indices, padding_idx: int, scale_grad_by_freq: bool):
+    """(unique rows ascending, summed gradient rows) without the padding row."""
+    return _reduce(grad, indices, padding_idx, scale_grad_by_freq, None)
+
+
+def dense_grad(grad, indices, num_weights: int, padding_idx: int, scale_grad_by_freq: bool):
+    """The (num_weights, D) gradient: the same reduction written into a zeroed buffer."""
+    return _reduce(grad, indices, padding_idx, scale_grad_by_freq, num_weights)

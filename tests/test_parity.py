@@ -1,0 +1,183 @@
+"""sparsemb.Embedding against torch.nn.Embedding, the oracle, on both backends.
+
+The ``backend`` fixture runs each test on the pure-PyTorch path and on the Triton kernels
+(under Triton's interpreter on CPU), so every kernel is checked against torch here.
+"""
+
+import pytest
+import torch
+
+from helpers import TOLERANCES, dense, integer_grad, random_indices, twin_tables
+
+FLOAT_DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
+SHAPES = [(), (7,), (3, 5), (2, 3, 4), (0,), (2, 0, 3)]
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("dim", [1, 3, 17, 300])
+def test_forward_and_dense_grad(backend, dtype, dim):
+    ours, theirs = twin_tables(23, dim, dtype, padding_idx=4)
+    idx = random_indices(23, (4, 9), hot=4)
+    grad = integer_grad((4, 9, dim), dtype)
+    out, ref = ours(idx), theirs(idx)
+    assert out.dtype == ref.dtype and out.shape == ref.shape
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    out.backward(grad)
+    ref.backward(grad)
+    torch.testing.assert_close(ours.weight.grad, theirs.weight.grad, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("padding_idx", [None, 0, -1, -5])
+def test_sparse_grad_is_coalesced_and_equal(backend, dtype, padding_idx):
+    ours, theirs = twin_tables(20, 6, dtype, padding_idx=padding_idx, sparse=True)
+    idx = random_indices(20, (5, 8), hot=19)
+    grad = integer_grad((5, 8, 6), dtype)
+    ours(idx).backward(grad)
+    theirs(idx).backward(grad)
+    g = ours.weight.grad
+    assert g.is_sparse and g.is_coalesced()
+    expected = theirs.weight.grad.coalesce()
+    assert torch.equal(g._indices(), expected._indices())  # same rows, padding row dropped
+    torch.testing.assert_close(g._values(), expected._values(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("index_dtype", [torch.int64, torch.int32])
+def test_any_index_shape(backend, shape, index_dtype):
+    ours, theirs = twin_tables(11, 4)
+    idx = random_indices(11, shape, dtype=index_dtype)
+    out, ref = ours(idx), theirs(idx)
+    assert out.shape == ref.shape == (*shape, 4)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    grad = integer_grad(out.shape, torch.float32)
+    out.backward(grad)
+    ref.backward(grad)
+    torch.testing.assert_close(ours.weight.grad, theirs.weight.grad, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_sparse_grad_any_index_shape_including_0d(backend, shape):
+    """torch fails on a 0-d index with sparse=True; sparsemb gives the dense path's gradient."""
+    ours, _ = twin_tables(11, 4, sparse=True)
+    dense_twin, _ = twin_tables(11, 4)
+    idx = random_indices(11, shape)
+    grad = integer_grad((*shape, 4), torch.float32)
+    ours(idx).backward(grad)
+    dense_twin(idx).backward(grad)
+    assert ours.weight.grad.is_sparse
+    torch.testing.assert_close(dense(ours.weight.grad), dense_twin.weight.grad, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("padding_idx", [None, 2, -3])
+def test_scale_grad_by_freq_dense(backend, dtype, padding_idx):
+    ours, theirs = twin_tables(9, 5, dtype, padding_idx=padding_idx, scale_grad_by_freq=True)
+    idx = random_indices(9, (6, 7), hot=2)
+    grad = torch.randn(6, 7, 5, dtype=dtype)
+    ours(idx).backward(grad)
+    theirs(idx).backward(grad)
+    atol, rtol = TOLERANCES[dtype]
+    torch.testing.assert_close(ours.weight.grad, theirs.weight.grad, atol=atol, rtol=rtol)
+
+
+def test_scale_grad_by_freq_with_sparse(backend):
+    """torch refuses scale_grad_by_freq with sparse=True; sparsemb equals its dense gradient."""
+    ours, _ = twin_tables(9, 5, sparse=True, scale_grad_by_freq=True, padding_idx=1)
+    dense_twin, theirs = twin_tables(9, 5, scale_grad_by_freq=True, padding_idx=1)
+    idx = random_indices(9, (6, 7), hot=3)
+    grad = torch.randn(6, 7, 5)
+    for table in (ours, dense_twin, theirs):
+        table(idx).backward(grad)
+    torch.testing.assert_close(dense(ours.weight.grad), theirs.weight.grad, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(dense_twin.weight.grad, theirs.weight.grad, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_gradient_accumulates_over_backward_calls(backend, sparse):
+    ours, theirs = twin_tables(15, 3, sparse=sparse, padding_idx=0)
+    for step in range(3):
+        idx = random_indices(15, (4, 6), seed=step, hot=step)
+        grad = integer_grad((4, 6, 3), torch.float32, seed=step)
+        ours(idx).backward(grad)
+        theirs(idx).backward(grad)
+    torch.testing.assert_close(dense(ours.weight.grad), dense(theirs.weight.grad), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("norm_type", [1.0, 2.0, 3.0, float("inf")])
+def test_max_norm_renormalizes_weight_in_place(backend, dtype, norm_type):
+    ours, theirs = twin_tables(30, 17, dtype, max_norm=1.5, norm_type=norm_type)
+    idx = random_indices(30, (3, 10), hot=5)
+    out, ref = ours(idx), theirs(idx)
+    atol, rtol = TOLERANCES[dtype]
+    torch.testing.assert_close(ours.weight, theirs.weight, atol=atol, rtol=rtol)
+    torch.testing.assert_close(out, ref, atol=atol, rtol=rtol)
+    untouched = torch.ones(30, dtype=torch.bool)
+    untouched[idx.view(-1)] = False
+    assert torch.equal(ours.weight[untouched], theirs.weight[untouched])
+    norms = torch.linalg.vector_norm(ours.weight[idx.view(-1)].double(), ord=norm_type, dim=1)
+    assert (norms <= 1.5 * (1 + 4 * rtol)).all()
+
+
+def test_max_norm_output_is_differentiable_but_renorm_is_not(backend):
+    ours, theirs = twin_tables(12, 4, max_norm=0.5)
+    idx = random_indices(12, (5,), hot=1)
+    grad = integer_grad((5, 4), torch.float32)
+    ours(idx).backward(grad)
+    theirs(idx).backward(grad)
+    torch.testing.assert_close(ours.weight.grad, theirs.weight.grad, rtol=0, atol=0)
+
+
+def test_max_norm_with_duplicates_scales_each_row_once(backend):
+    ours, theirs = twin_tables(4, 8, max_norm=1.0)
+    with torch.no_grad():
+        ours.weight.mul_(10)
+        theirs.weight.mul_(10)
+    idx = torch.tensor([2, 2, 2, 2, 2, 0, 2])
+    ours(idx)
+    theirs(idx)
+    torch.testing.assert_close(ours.weight, theirs.weight, atol=1e-6, rtol=1e-6)
+
+
+def test_all_indices_equal(backend):
+    ours, theirs = twin_tables(6, 300, sparse=True)
+    idx = torch.full((200,), 5)
+    grad = integer_grad((200, 300), torch.float32)
+    ours(idx).backward(grad)
+    theirs(idx).backward(grad)
+    torch.testing.assert_close(dense(ours.weight.grad), dense(theirs.weight.grad), rtol=0, atol=0)
+
+
+def test_gradient_is_bit_identical_run_to_run(backend):
+    ours, _ = twin_tables(50, 33, sparse=True)
+    idx = random_indices(50, (400,), hot=7)
+    grad = torch.randn(400, 33)
+    results = []
+    for _ in range(3):
+        ours.weight.grad = None
+        ours(idx).backward(grad)
+        results.append(ours.weight.grad._values().clone())
+    assert all(torch.equal(results[0], r) for r in results[1:])
+
+
+def test_integer_weights_lookup_only(backend):
+    table = torch.arange(20, dtype=torch.int32).view(10, 2)
+    import sparsemb
+
+    ours = sparsemb.Embedding.from_pretrained(table)
+    theirs = torch.nn.Embedding.from_pretrained(table)
+    idx = random_indices(10, (3, 3))
+    assert torch.equal(ours(idx), theirs(idx))
+
+
+def test_empty_tables(backend):
+    import sparsemb
+
+    no_columns = sparsemb.Embedding(5, 0)
+    out = no_columns(torch.tensor([[1, 4]]))
+    assert out.shape == (1, 2, 0)
+    no_rows = sparsemb.Embedding(0, 3)
+    assert no_rows(torch.empty(0, dtype=torch.long)).shape == (0, 3)
+    with pytest.raises(IndexError):
+        no_rows(torch.tensor([0]))
