@@ -110,6 +110,7 @@ def _sparse_lookup_outside_graph(*args) -> Tensor:
     full (num_embeddings, embedding_dim) tensor every step. Running this one op outside the graph
     keeps the gradient sparse; the dense path and no-grad lookups compile with no break.
     """
+    keep_grad_coalesced(args[0])
     return _LookupWithJvp.apply(*args)
 
 

@@ -1,0 +1,16 @@
+# Entry points: `make test` and `make bench` each set everything up first (scripts/setup.sh).
+PYTHON_VENV := .venv/bin/python
+
+.PHONY: setup test bench demo lint
+
+setup:
+	bash scripts/setup.sh
+
+test: setup
+	$(PYTHON_VENV) -m pytest -q
+
+bench: setup
+	$(PYTHON_VENV) -m sparsemb.bench --quick
+
+lint:
+	$(PYTHON_VENV) -m ruff check sparsemb kernels tests bench

@@ -1,0 +1,315 @@
+"""Fused sparse optimizer updates: one Triton kernel per rule, one launch per table per step.
+
+A launch covers the U unique rows of a coalesced gradient. Each program owns ``BLOCK_R`` of them
+(rows are unique, so no two programs write one row) and walks the embedding dim in ``BLOCK_D``
+chunks: it reads the gradient values, the weight rows and the state rows once and writes the
+weight and the state once. Arithmetic is float32 (the state of float32/bfloat16/float16 tables)
+in the order of ``sparsemb._sparse_rules``, the pure-PyTorch oracle whose functions have the same
+signatures as the launchers here. Division and square root are IEEE-rounded (``div_rn``,
+``sqrt_rn``) so GPU results do not drift from the CPU rule; the compiler may still fuse a
+multiply and an add.
+
+Stochastic rounding of 16-bit tables draws one Philox number per element, keyed by
+(seed, row * dim + col): the noise of an element depends on the step's seed only, not on which
+other rows are in the batch.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+MAX_BLOCK_D = 2048  # the dim a program covers in one chunk; row-wise Adagrad reads g once up to it
+BLOCK_ELEMENTS = 2048  # elements per program: BLOCK_R = BLOCK_ELEMENTS // BLOCK_D rows
+MAX_BLOCK_R = 256
+
+
+@triton.jit
+def _store_rounded(
+    ptrs,  # pointers into the table (its element type is the table dtype)
+    x,  # float32 new values
+    mask,
+    seed,  # stochastic rounding seed of this step
+    noise_offsets,  # int64 row * dim + col: the Philox counter of each element
+    STOCHASTIC: tl.constexpr,  # round 16-bit tables up/down with probability by distance
+):
+    out_ty = ptrs.dtype.element_ty
+    nearest = x.to(out_ty)
+    if STOCHASTIC:
+        # the neighbour of the nearest value on x's side is one bit pattern away (a sign-magnitude
+        # float's patterns grow with magnitude); pick it with probability distance / gap
+        nearest_f = nearest.to(tl.float32)
+        bits = nearest.to(tl.int16, bitcast=True)
+        away = tl.abs(nearest_f) < tl.abs(x)
+        other = tl.where(away, bits + 1, bits - 1).to(out_ty, bitcast=True)
+        prob = (x - nearest_f) / (other.to(tl.float32) - nearest_f)
+        uniform = tl.rand(seed, noise_offsets)
+        nearest = tl.where(uniform < prob, other, nearest)
+    tl.store(ptrs, nearest, mask=mask)
+
+
+@triton.jit
+def _row_block(rows_ptr, num_rows, BLOCK_R: tl.constexpr):
+    # int64 offsets: row * stride reaches V * D, past 2**31 on big tables (17M x 128 already),
+    # so the program id and the loaded row numbers are widened before any product
+    pid = tl.program_id(0).to(tl.int64)
+    local = pid * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_mask = local < num_rows
+    rows = tl.load(rows_ptr + local, mask=row_mask, other=0).to(tl.int64)
+    return local, rows, row_mask
+
+
+@triton.jit
+def _sgd_kernel(
+    rows_ptr,  # (U,) int64: unique rows to update
+    grad_ptr,  # (U, D) float: summed gradient of each row
+    weight_ptr,  # (V, D) float32/bfloat16/float16: updated in place at rows
+    num_rows,  # U
+    dim,  # D
+    grad_row_stride, grad_col_stride, weight_row_stride, weight_col_stride,
+    neg_lr,  # -lr
+    weight_decay,  # L2 coefficient added to the gradient (HAS_WD)
+    seed,  # stochastic rounding seed (STOCHASTIC)
+    HAS_WD: tl.constexpr, STOCHASTIC: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    local, rows, row_mask = _row_block(rows_ptr, num_rows, BLOCK_R)
+    for start in range(0, dim, BLOCK_D):
+        cols = start + tl.arange(0, BLOCK_D)
+        mask = row_mask[:, None] & (cols < dim)[None, :]
+        g = tl.load(
+            grad_ptr + local[:, None] * grad_row_stride + cols[None, :] * grad_col_stride,
+            mask=mask, other=0.0,
+        ).to(tl.float32)
+        w_ptrs = weight_ptr + rows[:, None] * weight_row_stride + cols[None, :] * weight_col_stride
+        w = tl.load(w_ptrs, mask=mask, other=0.0).to(tl.float32)
+        if HAS_WD:
+            g = g + weight_decay * w
+        w = w + neg_lr * g
+        _store_rounded(w_ptrs, w, mask, seed, rows[:, None] * dim + cols[None, :], STOCHASTIC)
+
+
+@triton.jit
+def _adagrad_kernel(
+    rows_ptr,  # (U,) int64: unique rows to update
+    grad_ptr,  # (U, D) float: summed gradient of each row
+    weight_ptr,  # (V, D) float32/bfloat16/float16: updated in place at rows
+    sum_ptr,  # (V, D) float32, contiguous: running sum of squared gradients
+    num_rows, dim,
+    grad_row_stride, grad_col_stride, weight_row_stride, weight_col_stride,
+    neg_clr,  # -lr / (1 + (step - 1) * lr_decay)
+    eps,
+    weight_decay,
+    seed,
+    HAS_WD: tl.constexpr, STOCHASTIC: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    local, rows, row_mask = _row_block(rows_ptr, num_rows, BLOCK_R)
+    for start in range(0, dim, BLOCK_D):
+        cols = start + tl.arange(0, BLOCK_D)
+        mask = row_mask[:, None] & (cols < dim)[None, :]
+        g = tl.load(
+            grad_ptr + local[:, None] * grad_row_stride + cols[None, :] * grad_col_stride,
+            mask=mask, other=0.0,
+        ).to(tl.float32)
+        w_ptrs = weight_ptr + rows[:, None] * weight_row_stride + cols[None, :] * weight_col_stride
+        w = tl.load(w_ptrs, mask=mask, other=0.0).to(tl.float32)
+        if HAS_WD:
+            g = g + weight_decay * w
+        state_offs = rows[:, None] * dim + cols[None, :]
+        total = tl.load(sum_ptr + state_offs, mask=mask, other=0.0) + g * g
+        tl.store(sum_ptr + state_offs, total, mask=mask)
+        std = tl.sqrt_rn(total) + eps
+        w = w + neg_clr * tl.div_rn(g, std)
+        _store_rounded(w_ptrs, w, mask, seed, state_offs, STOCHASTIC)
+
+
+@triton.jit
+def _rowwise_adagrad_kernel(
+    rows_ptr,  # (U,) int64: unique rows to update
+    grad_ptr,  # (U, D) float: summed gradient of each row
+    weight_ptr,  # (V, D) float32/bfloat16/float16: updated in place at rows
+    sum_ptr,  # (V,) float32: running sum of the row means of squared gradients
+    num_rows, dim,
+    grad_row_stride, grad_col_stride, weight_row_stride, weight_col_stride,
+    neg_lr, eps, weight_decay, seed,
+    HAS_WD: tl.constexpr, STOCHASTIC: tl.constexpr,
+    ONE_CHUNK: tl.constexpr,  # dim <= BLOCK_D: the row is read once, else twice (norm, update)
+    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    local, rows, row_mask = _row_block(rows_ptr, num_rows, BLOCK_R)
+    if ONE_CHUNK:
+        cols = tl.arange(0, BLOCK_D)
+        mask = row_mask[:, None] & (cols < dim)[None, :]
+        g = tl.load(
+            grad_ptr + local[:, None] * grad_row_stride + cols[None, :] * grad_col_stride,
+            mask=mask, other=0.0,
+        ).to(tl.float32)
+        w_ptrs = weight_ptr + rows[:, None] * weight_row_stride + cols[None, :] * weight_col_stride
+        w = tl.load(w_ptrs, mask=mask, other=0.0).to(tl.float32)
+        if HAS_WD:
+            g = g + weight_decay * w
+        total = tl.load(sum_ptr + rows, mask=row_mask, other=0.0) + tl.sum(g * g, axis=1) / dim
+        tl.store(sum_ptr + rows, total, mask=row_mask)
+        std = tl.sqrt_rn(total) + eps
+        w = w + neg_lr * tl.div_rn(g, std[:, None])
+        _store_rounded(w_ptrs, w, mask, seed, rows[:, None] * dim + cols[None, :], STOCHASTIC)
+    else:
+        squares = tl.zeros([BLOCK_R], dtype=tl.float32)
+        for start in range(0, dim, BLOCK_D):
+            cols = start + tl.arange(0, BLOCK_D)
+            mask = row_mask[:, None] & (cols < dim)[None, :]
+            g = tl.load(
+                grad_ptr + local[:, None] * grad_row_stride + cols[None, :] * grad_col_stride,
+                mask=mask, other=0.0,
+            ).to(tl.float32)
+            if HAS_WD:
+                w = tl.load(
+                    weight_ptr + rows[:, None] * weight_row_stride
+                    + cols[None, :] * weight_col_stride,
+                    mask=mask, other=0.0,
+                ).to(tl.float32)
+                g = g + weight_decay * w
+            squares += tl.sum(g * g, axis=1)
+        total = tl.load(sum_ptr + rows, mask=row_mask, other=0.0) + squares / dim
+        tl.store(sum_ptr + rows, total, mask=row_mask)
+        std = tl.sqrt_rn(total) + eps
+        for start in range(0, dim, BLOCK_D):
+            cols = start + tl.arange(0, BLOCK_D)
+            mask = row_mask[:, None] & (cols < dim)[None, :]
+            g = tl.load(
+                grad_ptr + local[:, None] * grad_row_stride + cols[None, :] * grad_col_stride,
+                mask=mask, other=0.0,
+            ).to(tl.float32)
+            w_ptrs = (
+                weight_ptr + rows[:, None] * weight_row_stride + cols[None, :] * weight_col_stride
+            )
+            w = tl.load(w_ptrs, mask=mask, other=0.0).to(tl.float32)
+            if HAS_WD:
+                g = g + weight_decay * w
+            w = w + neg_lr * tl.div_rn(g, std[:, None])
+            _store_rounded(w_ptrs, w, mask, seed, rows[:, None] * dim + cols[None, :], STOCHASTIC)
+
+
+@triton.jit
+def _adam_kernel(
+    rows_ptr,  # (U,) int64: unique rows to update
+    grad_ptr,  # (U, D) float: summed gradient of each row
+    weight_ptr,  # (V, D) float32/bfloat16/float16: updated in place at rows
+    exp_avg_ptr,  # (V, D) float32, contiguous: first moment
+    exp_avg_sq_ptr,  # (V, D) float32, contiguous: second moment
+    num_rows, dim,
+    grad_row_stride, grad_col_stride, weight_row_stride, weight_col_stride,
+    one_minus_beta1, one_minus_beta2, eps,
+    neg_step_size,  # -lr * sqrt(1 - beta2^t) / (1 - beta1^t)
+    decay,  # 1 - lr * weight_decay (AdamW, HAS_DECAY)
+    seed,
+    HAS_DECAY: tl.constexpr, STOCHASTIC: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    local, rows, row_mask = _row_block(rows_ptr, num_rows, BLOCK_R)
+    for start in range(0, dim, BLOCK_D):
+        cols = start + tl.arange(0, BLOCK_D)
+        mask = row_mask[:, None] & (cols < dim)[None, :]
+        g = tl.load(
+            grad_ptr + local[:, None] * grad_row_stride + cols[None, :] * grad_col_stride,
+            mask=mask, other=0.0,
+        ).to(tl.float32)
+        state_offs = rows[:, None] * dim + cols[None, :]
+        m = tl.load(exp_avg_ptr + state_offs, mask=mask, other=0.0)
+        m = m + (g - m) * one_minus_beta1
+        tl.store(exp_avg_ptr + state_offs, m, mask=mask)
+        v = tl.load(exp_avg_sq_ptr + state_offs, mask=mask, other=0.0)
+        v = v + (g * g - v) * one_minus_beta2
+        tl.store(exp_avg_sq_ptr + state_offs, v, mask=mask)
+        w_ptrs = weight_ptr + rows[:, None] * weight_row_stride + cols[None, :] * weight_col_stride
+        w = tl.load(w_ptrs, mask=mask, other=0.0).to(tl.float32)
+        if HAS_DECAY:
+            w = w * decay
+        w = w + tl.div_rn(m, tl.sqrt_rn(v) + eps) * neg_step_size
+        _store_rounded(w_ptrs, w, mask, seed, state_offs, STOCHASTIC)
+
+
+def _blocks(dim: int) -> tuple[int, int]:
+    """(BLOCK_R, BLOCK_D): the whole dim in one chunk up to MAX_BLOCK_D, ~2048 elements a program."""
+    block_d = min(triton.next_power_of_2(max(dim, 1)), MAX_BLOCK_D)
+    block_r = max(1, min(BLOCK_ELEMENTS // block_d, MAX_BLOCK_R))
+    return block_r, block_d
+
+
+def _common(weight: Tensor, rows: Tensor, values: Tensor, sr_seed: int | None):
+    """Launch grid, block sizes, strides and the rounding switches shared by every launcher."""
+    block_r, block_d = _blocks(weight.shape[1])
+    grid = (triton.cdiv(rows.numel(), block_r),)
+    strides = (values.stride(0), values.stride(1), weight.stride(0), weight.stride(1))
+    stochastic = sr_seed is not None and weight.dtype in (torch.bfloat16, torch.float16)
+    seed = int(sr_seed) if stochastic else 0
+    return grid, strides, stochastic, seed, block_r, block_d
+
+
+def _skip(weight: Tensor, rows: Tensor) -> bool:
+    return rows.numel() == 0 or weight.shape[1] == 0
+
+
+def sgd_update_(
+    weight: Tensor, rows: Tensor, values: Tensor, *, neg_lr: float, weight_decay: float,
+    sr_seed: int | None,
+) -> None:
+    """Fused ``_sparse_rules.sgd_update_``."""
+    if _skip(weight, rows):
+        return
+    grid, strides, stochastic, seed, block_r, block_d = _common(weight, rows, values, sr_seed)
+    _sgd_kernel[grid](
+        rows, values, weight, rows.numel(), weight.shape[1], *strides,
+        neg_lr, weight_decay, seed,
+        HAS_WD=weight_decay != 0, STOCHASTIC=stochastic, BLOCK_R=block_r, BLOCK_D=block_d,
+    )
+
+
+def adagrad_update_(
+    weight: Tensor, rows: Tensor, values: Tensor, state_sum: Tensor, *, neg_clr: float,
+    eps: float, weight_decay: float, sr_seed: int | None,
+) -> None:
+    """Fused ``_sparse_rules.adagrad_update_``."""
+    if _skip(weight, rows):
+        return
+    grid, strides, stochastic, seed, block_r, block_d = _common(weight, rows, values, sr_seed)
+    _adagrad_kernel[grid](
+        rows, values, weight, state_sum, rows.numel(), weight.shape[1], *strides,
+        neg_clr, eps, weight_decay, seed,
+        HAS_WD=weight_decay != 0, STOCHASTIC=stochastic, BLOCK_R=block_r, BLOCK_D=block_d,
+    )
+
+
+def rowwise_adagrad_update_(
+    weight: Tensor, rows: Tensor, values: Tensor, state_sum: Tensor, *, neg_lr: float,
+    eps: float, weight_decay: float, sr_seed: int | None,
+) -> None:
+    """Fused ``_sparse_rules.rowwise_adagrad_update_``."""
+    if _skip(weight, rows):
+        return
+    grid, strides, stochastic, seed, block_r, block_d = _common(weight, rows, values, sr_seed)
+    _rowwise_adagrad_kernel[grid](
+        rows, values, weight, state_sum, rows.numel(), weight.shape[1], *strides,
+        neg_lr, eps, weight_decay, seed,
+        HAS_WD=weight_decay != 0, STOCHASTIC=stochastic, ONE_CHUNK=weight.shape[1] <= block_d,
+        BLOCK_R=block_r, BLOCK_D=block_d,
+    )
+
+
+def adam_update_(
+    weight: Tensor, rows: Tensor, values: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, *,
+    one_minus_beta1: float, one_minus_beta2: float, eps: float, neg_step_size: float,
+    decay: float, sr_seed: int | None,
+) -> None:
+    """Fused ``_sparse_rules.adam_update_``."""
+    if _skip(weight, rows):
+        return
+    grid, strides, stochastic, seed, block_r, block_d = _common(weight, rows, values, sr_seed)
+    _adam_kernel[grid](
+        rows, values, weight, exp_avg, exp_avg_sq, rows.numel(), weight.shape[1], *strides,
+        one_minus_beta1, one_minus_beta2, eps, neg_step_size, decay, seed,
+        HAS_DECAY=decay != 1, STOCHASTIC=stochastic, BLOCK_R=block_r, BLOCK_D=block_d,
+    )

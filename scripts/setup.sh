@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Set up .venv with sparsemb (editable) and its test + bench extras.
+#
+# torch: a torch the machine already has is kept (the venv sees system packages). Where there is
+# none, the CPU build (torch==2.13.0) is installed on machines without an NVIDIA GPU, and the
+# default CUDA build where `nvidia-smi` finds a GPU. SPARSEMB_TORCH_INDEX=<url> (for instance
+# https://download.pytorch.org/whl/cpu) picks the index torch comes from.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python=${PYTHON:-python3}
+
+if [ ! -x .venv/bin/python ]; then
+  "$python" -m venv --system-site-packages .venv
+fi
+venv_python=.venv/bin/python
+index_args=()
+if [ -n "${SPARSEMB_TORCH_INDEX:-}" ]; then
+  index_args=(--index-url "$SPARSEMB_TORCH_INDEX")
+fi
+
+if ! "$venv_python" -c "import torch" 2>/dev/null; then
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    echo "setup: no torch found; installing the CUDA build"
+    "$venv_python" -m pip install -q "${index_args[@]}" "torch>=2.11"
+  else
+    echo "setup: no torch and no GPU found; installing the CPU build torch==2.13.0"
+    "$venv_python" -m pip install -q "${index_args[@]}" "torch==2.13.0"
+  fi
+fi
+"$venv_python" -m pip install -q -e ".[test,bench]"
+"$venv_python" -c "import torch, sparsemb; print('setup: sparsemb', sparsemb.__version__, \
+'with torch', torch.__version__, '| CUDA' if torch.cuda.is_available() else '| CPU only')"

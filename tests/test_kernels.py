@@ -1,0 +1,116 @@
+"""The Triton kernels themselves: dispatch, wide rows, strides, int64 offsets, bounds flag.
+
+On CPU these run under Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET=1).
+"""
+
+import pytest
+import torch
+
+import sparsemb
+from helpers import TOLERANCES, integer_grad, random_indices
+from sparsemb import _reference as ref
+from sparsemb._backend import kernel_module
+
+pytestmark = pytest.mark.usefixtures("triton_backend")
+
+
+@pytest.fixture
+def triton_backend(monkeypatch):
+    pytest.importorskip("triton")
+    monkeypatch.setenv("SPARSEMB_BACKEND", "triton")
+
+
+def test_dispatch_reaches_every_kernel(monkeypatch):
+    """Guards the parity suite: with SPARSEMB_BACKEND=triton each op runs a Triton launcher."""
+    calls = []
+    for module_name, names in (("gather", ("gather", "renorm_rows_")),
+                               ("grad", ("dedup_grad", "dense_grad"))):  # fmt: skip
+        module = kernel_module(module_name)
+        for name in names:
+            original = getattr(module, name)
+
+            def spy(*args, _original=original, _name=name, **kwargs):
+                calls.append(_name)
+                return _original(*args, **kwargs)
+
+            monkeypatch.setattr(module, name, spy)
+    for sparse in (True, False):
+        table = sparsemb.Embedding(10, 4, max_norm=1.0, sparse=sparse)
+        table(torch.tensor([1, 2, 2])).sum().backward()
+    assert sorted(set(calls)) == ["dedup_grad", "dense_grad", "gather", "renorm_rows_"]
+
+
+@pytest.mark.parametrize("dim", [1024, 4096, 5000])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_wide_rows(dim, dtype):
+    weight = torch.randn(6, dim, dtype=dtype) * 3
+    idx = torch.tensor([5, 0, 5, 2])
+    grad = integer_grad((4, dim), dtype)
+    expected_weight = weight.clone()
+    ref.renorm_(expected_weight, idx, 10.0, 2.0)
+    kernel_module("gather").renorm_rows_(weight, torch.unique(idx), 10.0, 2.0, ref.RENORM_EPS)
+    atol, rtol = TOLERANCES[dtype]
+    torch.testing.assert_close(weight, expected_weight, atol=atol, rtol=rtol)
+    out, _ = kernel_module("gather").gather(weight, idx, False)
+    assert torch.equal(out, weight[idx])
+    unique, values = kernel_module("grad").dedup_grad(grad, idx, -1, False)
+    ref_unique, ref_values = ref.dedup_grad(grad, idx, -1, False)
+    assert torch.equal(unique, ref_unique) and torch.equal(values, ref_values)
+
+
+def test_strided_weight():
+    """Strides are passed to the kernels: a transposed (non-contiguous) table works."""
+    storage = torch.randn(7, 30)
+    weight = storage.t()  # (30, 7), column-major
+    idx = random_indices(30, (12,), hot=4)
+    out = sparsemb.embedding(idx, weight)
+    assert torch.equal(out, weight[idx])
+    expected = weight.contiguous()
+    ref.renorm_(expected, idx, 0.5, 2.0)
+    sparsemb.embedding(idx, weight, max_norm=0.5)
+    assert torch.linalg.vector_norm(weight[idx], dim=1).max() <= 0.5 + 1e-6
+    torch.testing.assert_close(weight, expected, atol=1e-6, rtol=1e-6)  # written via strides
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_long_segments_are_split_and_summed_in_order(chunked):
+    """A hot row longer than the stage-1 chunk is reduced over several chunks, exactly."""
+    chunk = kernel_module("grad").CHUNK
+    n = 5 * chunk + 3 if chunked else chunk - 1
+    idx = torch.full((n,), 2)
+    idx[::7] = 9
+    grad = integer_grad((n, 5), torch.float32)
+    for padding_idx in (-1, 9):
+        unique, values = kernel_module("grad").dedup_grad(grad, idx, padding_idx, True)
+        ref_unique, ref_values = ref.dedup_grad(grad, idx, padding_idx, True)
+        assert torch.equal(unique, ref_unique)
+        torch.testing.assert_close(values, ref_values, atol=1e-6, rtol=1e-6)
+
+
+def test_bounds_flag_is_set_only_for_bad_indices():
+    weight = torch.randn(8, 3)
+    _, flag = kernel_module("gather").gather(weight, torch.tensor([0, 7, 3]), True)
+    assert int(flag) == 0
+    _, flag = kernel_module("gather").gather(weight, torch.tensor([0, 8, 3]), True)
+    assert int(flag) == 1
+    _, flag = kernel_module("gather").gather(weight, torch.tensor([-1], dtype=torch.int32), True)
+    assert int(flag) == 1
+    out, flag = kernel_module("gather").gather(weight, torch.tensor([1, 99]), False)
+    assert flag is None and torch.equal(out[0], weight[1]) and not out[1].any()
+
+
+def test_offsets_are_int64_past_2_pow_31_elements():
+    """A bfloat16 table of just over 2^31 elements (4 GiB): rows near its end are gathered and
+    renormalized in place correctly. With int32 offsets, row * 128 would wrap negative here."""
+    dim = 128
+    num_rows = 2**31 // dim + 64
+    assert (num_rows - 1) * dim > 2**31
+    weight = torch.empty(num_rows, dim, dtype=torch.bfloat16)
+    rows = torch.tensor([num_rows - 1, num_rows - 64, 5, num_rows - 1])
+    weight[rows] = torch.linspace(1, 3, 4 * dim).view(4, dim).to(torch.bfloat16)
+    expected = weight[rows].clone()
+    assert torch.equal(sparsemb.embedding(rows, weight), expected)
+    sparsemb.embedding(rows, weight, max_norm=1.0)
+    norms = torch.linalg.vector_norm(weight[rows].float(), dim=1)
+    assert ((norms - 1.0).abs() < 0.02).all()
+    del weight
