@@ -20,6 +20,7 @@ import triton.language as tl
 
 CHUNK = 32  # gradient rows one stage-1 program sums
 MAX_BLOCK_D = 256  # columns per program; wider rows use more column blocks
+TILE_ELEMENTS = 4096  # elements a program reduces per step; small D packs several rows
 
 
 @triton.jit
@@ -29,25 +30,33 @@ def _chunk_sum_kernel(
     chunk_start_ptr,  # (C,) int64 first sorted position of each chunk
     chunk_end_ptr,  # (C,) int64 one past the last sorted position of each chunk
     partial_ptr,  # (C, D) float32 partial sums, contiguous
+    n_chunks,  # C
     dim,  # D
     stride_gn,  # elements between gradient rows
+    CHUNKS: tl.constexpr,  # chunks per program (several when D is small)
     CHUNK: tl.constexpr,  # max positions per chunk
     BLOCK_D: tl.constexpr,  # columns per program
 ):
-    chunk = tl.program_id(0).to(tl.int64)  # int64: chunk * dim and row * stride overflow int32
+    # int64: chunk * dim and row * stride_gn overflow int32 on big batches and tables.
+    chunk = tl.program_id(0).to(tl.int64) * CHUNKS + tl.arange(0, CHUNKS).to(tl.int64)
     cols = tl.program_id(1).to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D).to(tl.int64)
     in_row = cols < dim
-    start = tl.load(chunk_start_ptr + chunk)
-    end = tl.load(chunk_end_ptr + chunk)
-    pos = start + tl.arange(0, CHUNK).to(tl.int64)
-    live = pos < end
+    live_chunk = chunk < n_chunks
+    start = tl.load(chunk_start_ptr + chunk, mask=live_chunk, other=0)
+    end = tl.load(chunk_end_ptr + chunk, mask=live_chunk, other=0)
+    pos = start[:, None] + tl.arange(0, CHUNK).to(tl.int64)[None, :]  # (CHUNKS, CHUNK)
+    live = pos < end[:, None]
     src = tl.load(perm_ptr + pos, mask=live, other=0).to(tl.int64)
     tile = tl.load(
-        grad_ptr + src[:, None] * stride_gn + cols[None, :],
-        mask=live[:, None] & in_row[None, :],
+        grad_ptr + src[:, :, None] * stride_gn + cols[None, None, :],
+        mask=live[:, :, None] & in_row[None, None, :],
         other=0.0,
-    ).to(tl.float32)
-    tl.store(partial_ptr + chunk * dim + cols, tl.sum(tile, axis=0), mask=in_row)
+    ).to(tl.float32)  # (CHUNKS, CHUNK, BLOCK_D)
+    tl.store(
+        partial_ptr + chunk[:, None] * dim + cols[None, :],
+        tl.sum(tile, axis=1),
+        mask=live_chunk[:, None] & in_row[None, :],
+    )
 
 
 @triton.jit
@@ -58,28 +67,43 @@ def _segment_sum_kernel(
     offsets_ptr,  # (U + 1,) int64 first sorted position of each segment
     unique_ptr,  # (U,) int64 unique rows (for the dense destination)
     out_ptr,  # (K, D) sparse values or (V, D) dense gradient, contiguous
+    n_kept,  # K
     dim,  # D
+    SEGS: tl.constexpr,  # kept rows per program (several when D is small)
     SCALE_BY_FREQ: tl.constexpr,  # divide by the row's count in the batch
     DENSE: tl.constexpr,  # write to row unique[seg] instead of row i
     BLOCK_D: tl.constexpr,  # columns per program
 ):
-    i = tl.program_id(0).to(tl.int64)  # int64: row * dim overflows int32 on big tables
+    # int64: row * dim overflows int32 on big tables.
+    i = tl.program_id(0).to(tl.int64) * SEGS + tl.arange(0, SEGS).to(tl.int64)
     cols = tl.program_id(1).to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D).to(tl.int64)
     in_row = cols < dim
-    seg = tl.load(seg_ptr + i)
-    first = tl.load(chunk_offsets_ptr + seg)
-    last = tl.load(chunk_offsets_ptr + seg + 1)
-    acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    for c in range(first, last):
-        acc += tl.load(partial_ptr + c * dim + cols, mask=in_row, other=0.0)
+    live = i < n_kept
+    seg = tl.load(seg_ptr + i, mask=live, other=0)
+    first = tl.load(chunk_offsets_ptr + seg, mask=live, other=0)
+    n_chunks = tl.load(chunk_offsets_ptr + seg + 1, mask=live, other=0) - first
+    acc = tl.zeros((SEGS, BLOCK_D), dtype=tl.float32)
+    for k in range(0, tl.max(n_chunks, axis=0)):  # each row adds its chunks in order
+        has = k < n_chunks
+        acc += tl.load(
+            partial_ptr + (first + k)[:, None] * dim + cols[None, :],
+            mask=has[:, None] & in_row[None, :],
+            other=0.0,
+        )
     if SCALE_BY_FREQ:
-        count = tl.load(offsets_ptr + seg + 1) - tl.load(offsets_ptr + seg)
-        acc = acc / count.to(tl.float32)
+        count = tl.load(offsets_ptr + seg + 1, mask=live, other=1) - tl.load(
+            offsets_ptr + seg, mask=live, other=0
+        )
+        acc = acc / count.to(tl.float32)[:, None]
     if DENSE:
-        dest = tl.load(unique_ptr + seg).to(tl.int64)
+        dest = tl.load(unique_ptr + seg, mask=live, other=0).to(tl.int64)
     else:
         dest = i
-    tl.store(out_ptr + dest * dim + cols, acc.to(out_ptr.dtype.element_ty), mask=in_row)
+    tl.store(
+        out_ptr + dest[:, None] * dim + cols[None, :],
+        acc.to(out_ptr.dtype.element_ty),
+        mask=live[:, None] & in_row[None, :],
+    )
 
 
 def _segments(indices: torch.Tensor):
@@ -120,13 +144,16 @@ def _reduce(grad, indices, padding_idx, scale_grad_by_freq, num_weights):
         return (unique_kept, out) if num_weights is None else out
     block_d = min(triton.next_power_of_2(dim), MAX_BLOCK_D)
     d_blocks = triton.cdiv(dim, block_d)
-    partial = torch.empty(chunk_start.numel(), dim, dtype=torch.float32, device=grad.device)
-    _chunk_sum_kernel[(chunk_start.numel(), d_blocks)](
-        grad, perm, chunk_start, chunk_end, partial, dim, grad.stride(0),
-        CHUNK=CHUNK, BLOCK_D=block_d,
+    n_chunks, n_kept = chunk_start.numel(), seg.numel()
+    chunks_per_program = max(1, TILE_ELEMENTS // (CHUNK * block_d))
+    segs_per_program = max(1, TILE_ELEMENTS // block_d)
+    partial = torch.empty(n_chunks, dim, dtype=torch.float32, device=grad.device)
+    _chunk_sum_kernel[(triton.cdiv(n_chunks, chunks_per_program), d_blocks)](
+        grad, perm, chunk_start, chunk_end, partial, n_chunks, dim, grad.stride(0),
+        CHUNKS=chunks_per_program, CHUNK=CHUNK, BLOCK_D=block_d,
     )  # fmt: skip
-    _segment_sum_kernel[(seg.numel(), d_blocks)](
-        partial, seg, chunk_offsets, offsets, unique, out, dim,
+    _segment_sum_kernel[(triton.cdiv(n_kept, segs_per_program), d_blocks)](
+        partial, seg, chunk_offsets, offsets, unique, out, n_kept, dim, SEGS=segs_per_program,
         SCALE_BY_FREQ=scale_grad_by_freq, DENSE=num_weights is not None, BLOCK_D=block_d,
     )  # fmt: skip
     return (unique_kept, out) if num_weights is None else out

@@ -51,7 +51,9 @@ def check_lookup_args(input: Tensor, weight: Tensor, bounds_check: str) -> None:
             f"got {input.dtype}"
         )
     if weight.dim() != 2:
-        raise ValueError(f"weight must be 2-D (num_embeddings, embedding_dim), got {weight.dim()}-D")
+        raise ValueError(
+            f"weight must be 2-D (num_embeddings, embedding_dim), got {weight.dim()}-D"
+        )
     if input.device != weight.device:
         raise ValueError(
             f"indices are on {input.device} but the weight is on {weight.device}; "

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
+from helpers import random_indices
 from torch.autograd import forward_ad, gradcheck, gradgradcheck
 
 import sparsemb
-from helpers import random_indices
 
 IDX = random_indices(8, (3, 4), hot=2)
 
@@ -55,7 +55,9 @@ def test_torch_func_jvp():
     weight = torch.randn(8, 3)
     tangent = torch.randn(8, 3)
     _, ours = torch.func.jvp(lambda w: sparsemb.embedding(IDX, w), (weight,), (tangent,))
-    _, theirs = torch.func.jvp(lambda w: torch.nn.functional.embedding(IDX, w), (weight,), (tangent,))
+    _, theirs = torch.func.jvp(
+        lambda w: torch.nn.functional.embedding(IDX, w), (weight,), (tangent,)
+    )
     torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
 
 

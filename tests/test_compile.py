@@ -2,18 +2,16 @@
 
 import pytest
 import torch
+from helpers import dense, random_indices
 from torch import nn
 
 import sparsemb
-from helpers import dense, random_indices
 from sparsemb import _ops
 
 
 def model(sparse, **options):
     torch.manual_seed(0)
-    return nn.Sequential(
-        sparsemb.Embedding(50, 8, sparse=sparse, **options), nn.Linear(8, 1)
-    )
+    return nn.Sequential(sparsemb.Embedding(50, 8, sparse=sparse, **options), nn.Linear(8, 1))
 
 
 @pytest.fixture(autouse=True)

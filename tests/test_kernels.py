@@ -5,22 +5,14 @@ On CPU these run under Triton's interpreter (tests/conftest.py sets TRITON_INTER
 
 import pytest
 import torch
+from helpers import TOLERANCES, integer_grad, random_indices
 
 import sparsemb
-from helpers import TOLERANCES, integer_grad, random_indices
 from sparsemb import _reference as ref
 from sparsemb._backend import kernel_module
 
-pytestmark = pytest.mark.usefixtures("triton_backend")
 
-
-@pytest.fixture
-def triton_backend(monkeypatch):
-    pytest.importorskip("triton")
-    monkeypatch.setenv("SPARSEMB_BACKEND", "triton")
-
-
-def test_dispatch_reaches_every_kernel(monkeypatch):
+def test_dispatch_reaches_every_kernel(triton_backend, monkeypatch):
     """Guards the parity suite: with SPARSEMB_BACKEND=triton each op runs a Triton launcher."""
     calls = []
     for module_name, names in (("gather", ("gather", "renorm_rows_")),
@@ -35,17 +27,17 @@ def test_dispatch_reaches_every_kernel(monkeypatch):
 
             monkeypatch.setattr(module, name, spy)
     for sparse in (True, False):
-        table = sparsemb.Embedding(10, 4, max_norm=1.0, sparse=sparse)
-        table(torch.tensor([1, 2, 2])).sum().backward()
+        table = sparsemb.Embedding(10, 4, max_norm=1.0, sparse=sparse, device=triton_backend.device)
+        table(torch.tensor([1, 2, 2], device=triton_backend.device)).sum().backward()
     assert sorted(set(calls)) == ["dedup_grad", "dense_grad", "gather", "renorm_rows_"]
 
 
 @pytest.mark.parametrize("dim", [1024, 4096, 5000])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_wide_rows(dim, dtype):
-    weight = torch.randn(6, dim, dtype=dtype) * 3
-    idx = torch.tensor([5, 0, 5, 2])
-    grad = integer_grad((4, dim), dtype)
+def test_wide_rows(triton_backend, dim, dtype):
+    weight = torch.randn(6, dim, dtype=dtype, device=triton_backend.device) * 3
+    idx = torch.tensor([5, 0, 5, 2], device=triton_backend.device)
+    grad = integer_grad((4, dim), dtype, device=triton_backend.device)
     expected_weight = weight.clone()
     ref.renorm_(expected_weight, idx, 10.0, 2.0)
     kernel_module("gather").renorm_rows_(weight, torch.unique(idx), 10.0, 2.0, ref.RENORM_EPS)
@@ -58,11 +50,11 @@ def test_wide_rows(dim, dtype):
     assert torch.equal(unique, ref_unique) and torch.equal(values, ref_values)
 
 
-def test_strided_weight():
+def test_strided_weight(triton_backend):
     """Strides are passed to the kernels: a transposed (non-contiguous) table works."""
-    storage = torch.randn(7, 30)
+    storage = torch.randn(7, 30, device=triton_backend.device)
     weight = storage.t()  # (30, 7), column-major
-    idx = random_indices(30, (12,), hot=4)
+    idx = random_indices(30, (12,), hot=4, device=triton_backend.device)
     out = sparsemb.embedding(idx, weight)
     assert torch.equal(out, weight[idx])
     expected = weight.contiguous()
@@ -73,13 +65,13 @@ def test_strided_weight():
 
 
 @pytest.mark.parametrize("chunked", [False, True])
-def test_long_segments_are_split_and_summed_in_order(chunked):
+def test_long_segments_are_split_and_summed_in_order(triton_backend, chunked):
     """A hot row longer than the stage-1 chunk is reduced over several chunks, exactly."""
     chunk = kernel_module("grad").CHUNK
     n = 5 * chunk + 3 if chunked else chunk - 1
-    idx = torch.full((n,), 2)
+    idx = torch.full((n,), 2, device=triton_backend.device)
     idx[::7] = 9
-    grad = integer_grad((n, 5), torch.float32)
+    grad = integer_grad((n, 5), torch.float32, device=triton_backend.device)
     for padding_idx in (-1, 9):
         unique, values = kernel_module("grad").dedup_grad(grad, idx, padding_idx, True)
         ref_unique, ref_values = ref.dedup_grad(grad, idx, padding_idx, True)
@@ -87,27 +79,37 @@ def test_long_segments_are_split_and_summed_in_order(chunked):
         torch.testing.assert_close(values, ref_values, atol=1e-6, rtol=1e-6)
 
 
-def test_bounds_flag_is_set_only_for_bad_indices():
-    weight = torch.randn(8, 3)
-    _, flag = kernel_module("gather").gather(weight, torch.tensor([0, 7, 3]), True)
+def test_bounds_flag_is_set_only_for_bad_indices(triton_backend):
+    weight = torch.randn(8, 3, device=triton_backend.device)
+    _, flag = kernel_module("gather").gather(
+        weight, torch.tensor([0, 7, 3], device=triton_backend.device), True
+    )
     assert int(flag) == 0
-    _, flag = kernel_module("gather").gather(weight, torch.tensor([0, 8, 3]), True)
+    _, flag = kernel_module("gather").gather(
+        weight, torch.tensor([0, 8, 3], device=triton_backend.device), True
+    )
     assert int(flag) == 1
-    _, flag = kernel_module("gather").gather(weight, torch.tensor([-1], dtype=torch.int32), True)
+    _, flag = kernel_module("gather").gather(
+        weight, torch.tensor([-1], dtype=torch.int32, device=triton_backend.device), True
+    )
     assert int(flag) == 1
-    out, flag = kernel_module("gather").gather(weight, torch.tensor([1, 99]), False)
+    out, flag = kernel_module("gather").gather(
+        weight, torch.tensor([1, 99], device=triton_backend.device), False
+    )
     assert flag is None and torch.equal(out[0], weight[1]) and not out[1].any()
 
 
-def test_offsets_are_int64_past_2_pow_31_elements():
+def test_offsets_are_int64_past_2_pow_31_elements(triton_backend):
     """A bfloat16 table of just over 2^31 elements (4 GiB): rows near its end are gathered and
     renormalized in place correctly. With int32 offsets, row * 128 would wrap negative here."""
     dim = 128
     num_rows = 2**31 // dim + 64
     assert (num_rows - 1) * dim > 2**31
-    weight = torch.empty(num_rows, dim, dtype=torch.bfloat16)
-    rows = torch.tensor([num_rows - 1, num_rows - 64, 5, num_rows - 1])
-    weight[rows] = torch.linspace(1, 3, 4 * dim).view(4, dim).to(torch.bfloat16)
+    weight = torch.empty(num_rows, dim, dtype=torch.bfloat16, device=triton_backend.device)
+    rows = torch.tensor(
+        [num_rows - 1, num_rows - 64, 5, num_rows - 1], device=triton_backend.device
+    )
+    weight[rows] = torch.linspace(1, 3, 4 * dim).view(4, dim).to(weight)
     expected = weight[rows].clone()
     assert torch.equal(sparsemb.embedding(rows, weight), expected)
     sparsemb.embedding(rows, weight, max_norm=1.0)

@@ -6,8 +6,9 @@ The ``backend`` fixture runs each test on the pure-PyTorch path and on the Trito
 
 import pytest
 import torch
-
 from helpers import TOLERANCES, dense, integer_grad, random_indices, twin_tables
+
+import sparsemb
 
 FLOAT_DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
 SHAPES = [(), (7,), (3, 5), (2, 3, 4), (0,), (2, 0, 3)]
@@ -16,9 +17,9 @@ SHAPES = [(), (7,), (3, 5), (2, 3, 4), (0,), (2, 0, 3)]
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("dim", [1, 3, 17, 300])
 def test_forward_and_dense_grad(backend, dtype, dim):
-    ours, theirs = twin_tables(23, dim, dtype, padding_idx=4)
-    idx = random_indices(23, (4, 9), hot=4)
-    grad = integer_grad((4, 9, dim), dtype)
+    ours, theirs = twin_tables(23, dim, dtype, padding_idx=4, device=backend.device)
+    idx = random_indices(23, (4, 9), hot=4, device=backend.device)
+    grad = integer_grad((4, 9, dim), dtype, device=backend.device)
     out, ref = ours(idx), theirs(idx)
     assert out.dtype == ref.dtype and out.shape == ref.shape
     torch.testing.assert_close(out, ref, rtol=0, atol=0)
@@ -30,9 +31,11 @@ def test_forward_and_dense_grad(backend, dtype, dim):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("padding_idx", [None, 0, -1, -5])
 def test_sparse_grad_is_coalesced_and_equal(backend, dtype, padding_idx):
-    ours, theirs = twin_tables(20, 6, dtype, padding_idx=padding_idx, sparse=True)
-    idx = random_indices(20, (5, 8), hot=19)
-    grad = integer_grad((5, 8, 6), dtype)
+    ours, theirs = twin_tables(
+        20, 6, dtype, padding_idx=padding_idx, sparse=True, device=backend.device
+    )
+    idx = random_indices(20, (5, 8), hot=19, device=backend.device)
+    grad = integer_grad((5, 8, 6), dtype, device=backend.device)
     ours(idx).backward(grad)
     theirs(idx).backward(grad)
     g = ours.weight.grad
@@ -45,12 +48,12 @@ def test_sparse_grad_is_coalesced_and_equal(backend, dtype, padding_idx):
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("index_dtype", [torch.int64, torch.int32])
 def test_any_index_shape(backend, shape, index_dtype):
-    ours, theirs = twin_tables(11, 4)
-    idx = random_indices(11, shape, dtype=index_dtype)
+    ours, theirs = twin_tables(11, 4, device=backend.device)
+    idx = random_indices(11, shape, dtype=index_dtype, device=backend.device)
     out, ref = ours(idx), theirs(idx)
     assert out.shape == ref.shape == (*shape, 4)
     torch.testing.assert_close(out, ref, rtol=0, atol=0)
-    grad = integer_grad(out.shape, torch.float32)
+    grad = integer_grad(out.shape, torch.float32, device=backend.device)
     out.backward(grad)
     ref.backward(grad)
     torch.testing.assert_close(ours.weight.grad, theirs.weight.grad, rtol=0, atol=0)
@@ -59,10 +62,10 @@ def test_any_index_shape(backend, shape, index_dtype):
 @pytest.mark.parametrize("shape", SHAPES)
 def test_sparse_grad_any_index_shape_including_0d(backend, shape):
     """torch fails on a 0-d index with sparse=True; sparsemb gives the dense path's gradient."""
-    ours, _ = twin_tables(11, 4, sparse=True)
-    dense_twin, _ = twin_tables(11, 4)
-    idx = random_indices(11, shape)
-    grad = integer_grad((*shape, 4), torch.float32)
+    ours, _ = twin_tables(11, 4, sparse=True, device=backend.device)
+    dense_twin, _ = twin_tables(11, 4, device=backend.device)
+    idx = random_indices(11, shape, device=backend.device)
+    grad = integer_grad((*shape, 4), torch.float32, device=backend.device)
     ours(idx).backward(grad)
     dense_twin(idx).backward(grad)
     assert ours.weight.grad.is_sparse
@@ -72,9 +75,11 @@ def test_sparse_grad_any_index_shape_including_0d(backend, shape):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("padding_idx", [None, 2, -3])
 def test_scale_grad_by_freq_dense(backend, dtype, padding_idx):
-    ours, theirs = twin_tables(9, 5, dtype, padding_idx=padding_idx, scale_grad_by_freq=True)
-    idx = random_indices(9, (6, 7), hot=2)
-    grad = torch.randn(6, 7, 5, dtype=dtype)
+    ours, theirs = twin_tables(
+        9, 5, dtype, padding_idx=padding_idx, scale_grad_by_freq=True, device=backend.device
+    )
+    idx = random_indices(9, (6, 7), hot=2, device=backend.device)
+    grad = torch.randn(6, 7, 5, dtype=dtype, device=backend.device)
     ours(idx).backward(grad)
     theirs(idx).backward(grad)
     atol, rtol = TOLERANCES[dtype]
@@ -83,10 +88,14 @@ def test_scale_grad_by_freq_dense(backend, dtype, padding_idx):
 
 def test_scale_grad_by_freq_with_sparse(backend):
     """torch refuses scale_grad_by_freq with sparse=True; sparsemb equals its dense gradient."""
-    ours, _ = twin_tables(9, 5, sparse=True, scale_grad_by_freq=True, padding_idx=1)
-    dense_twin, theirs = twin_tables(9, 5, scale_grad_by_freq=True, padding_idx=1)
-    idx = random_indices(9, (6, 7), hot=3)
-    grad = torch.randn(6, 7, 5)
+    ours, _ = twin_tables(
+        9, 5, sparse=True, scale_grad_by_freq=True, padding_idx=1, device=backend.device
+    )
+    dense_twin, theirs = twin_tables(
+        9, 5, scale_grad_by_freq=True, padding_idx=1, device=backend.device
+    )
+    idx = random_indices(9, (6, 7), hot=3, device=backend.device)
+    grad = torch.randn(6, 7, 5, device=backend.device)
     for table in (ours, dense_twin, theirs):
         table(idx).backward(grad)
     torch.testing.assert_close(dense(ours.weight.grad), theirs.weight.grad, atol=1e-6, rtol=1e-5)
@@ -95,10 +104,10 @@ def test_scale_grad_by_freq_with_sparse(backend):
 
 @pytest.mark.parametrize("sparse", [False, True])
 def test_gradient_accumulates_over_backward_calls(backend, sparse):
-    ours, theirs = twin_tables(15, 3, sparse=sparse, padding_idx=0)
+    ours, theirs = twin_tables(15, 3, sparse=sparse, padding_idx=0, device=backend.device)
     for step in range(3):
-        idx = random_indices(15, (4, 6), seed=step, hot=step)
-        grad = integer_grad((4, 6, 3), torch.float32, seed=step)
+        idx = random_indices(15, (4, 6), seed=step, hot=step, device=backend.device)
+        grad = integer_grad((4, 6, 3), torch.float32, seed=step, device=backend.device)
         ours(idx).backward(grad)
         theirs(idx).backward(grad)
     torch.testing.assert_close(dense(ours.weight.grad), dense(theirs.weight.grad), rtol=0, atol=0)
@@ -107,13 +116,15 @@ def test_gradient_accumulates_over_backward_calls(backend, sparse):
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("norm_type", [1.0, 2.0, 3.0, float("inf")])
 def test_max_norm_renormalizes_weight_in_place(backend, dtype, norm_type):
-    ours, theirs = twin_tables(30, 17, dtype, max_norm=1.5, norm_type=norm_type)
-    idx = random_indices(30, (3, 10), hot=5)
+    ours, theirs = twin_tables(
+        30, 17, dtype, max_norm=1.5, norm_type=norm_type, device=backend.device
+    )
+    idx = random_indices(30, (3, 10), hot=5, device=backend.device)
     out, ref = ours(idx), theirs(idx)
     atol, rtol = TOLERANCES[dtype]
     torch.testing.assert_close(ours.weight, theirs.weight, atol=atol, rtol=rtol)
     torch.testing.assert_close(out, ref, atol=atol, rtol=rtol)
-    untouched = torch.ones(30, dtype=torch.bool)
+    untouched = torch.ones(30, dtype=torch.bool, device=backend.device)
     untouched[idx.view(-1)] = False
     assert torch.equal(ours.weight[untouched], theirs.weight[untouched])
     norms = torch.linalg.vector_norm(ours.weight[idx.view(-1)].double(), ord=norm_type, dim=1)
@@ -121,38 +132,38 @@ def test_max_norm_renormalizes_weight_in_place(backend, dtype, norm_type):
 
 
 def test_max_norm_output_is_differentiable_but_renorm_is_not(backend):
-    ours, theirs = twin_tables(12, 4, max_norm=0.5)
-    idx = random_indices(12, (5,), hot=1)
-    grad = integer_grad((5, 4), torch.float32)
+    ours, theirs = twin_tables(12, 4, max_norm=0.5, device=backend.device)
+    idx = random_indices(12, (5,), hot=1, device=backend.device)
+    grad = integer_grad((5, 4), torch.float32, device=backend.device)
     ours(idx).backward(grad)
     theirs(idx).backward(grad)
     torch.testing.assert_close(ours.weight.grad, theirs.weight.grad, rtol=0, atol=0)
 
 
 def test_max_norm_with_duplicates_scales_each_row_once(backend):
-    ours, theirs = twin_tables(4, 8, max_norm=1.0)
+    ours, theirs = twin_tables(4, 8, max_norm=1.0, device=backend.device)
     with torch.no_grad():
         ours.weight.mul_(10)
         theirs.weight.mul_(10)
-    idx = torch.tensor([2, 2, 2, 2, 2, 0, 2])
+    idx = torch.tensor([2, 2, 2, 2, 2, 0, 2], device=backend.device)
     ours(idx)
     theirs(idx)
     torch.testing.assert_close(ours.weight, theirs.weight, atol=1e-6, rtol=1e-6)
 
 
 def test_all_indices_equal(backend):
-    ours, theirs = twin_tables(6, 300, sparse=True)
-    idx = torch.full((200,), 5)
-    grad = integer_grad((200, 300), torch.float32)
+    ours, theirs = twin_tables(6, 300, sparse=True, device=backend.device)
+    idx = torch.full((200,), 5, device=backend.device)
+    grad = integer_grad((200, 300), torch.float32, device=backend.device)
     ours(idx).backward(grad)
     theirs(idx).backward(grad)
     torch.testing.assert_close(dense(ours.weight.grad), dense(theirs.weight.grad), rtol=0, atol=0)
 
 
 def test_gradient_is_bit_identical_run_to_run(backend):
-    ours, _ = twin_tables(50, 33, sparse=True)
-    idx = random_indices(50, (400,), hot=7)
-    grad = torch.randn(400, 33)
+    ours, _ = twin_tables(50, 33, sparse=True, device=backend.device)
+    idx = random_indices(50, (400,), hot=7, device=backend.device)
+    grad = torch.randn(400, 33, device=backend.device)
     results = []
     for _ in range(3):
         ours.weight.grad = None
@@ -162,22 +173,18 @@ def test_gradient_is_bit_identical_run_to_run(backend):
 
 
 def test_integer_weights_lookup_only(backend):
-    table = torch.arange(20, dtype=torch.int32).view(10, 2)
-    import sparsemb
-
+    table = torch.arange(20, dtype=torch.int32, device=backend.device).view(10, 2)
     ours = sparsemb.Embedding.from_pretrained(table)
     theirs = torch.nn.Embedding.from_pretrained(table)
-    idx = random_indices(10, (3, 3))
+    idx = random_indices(10, (3, 3), device=backend.device)
     assert torch.equal(ours(idx), theirs(idx))
 
 
 def test_empty_tables(backend):
-    import sparsemb
-
-    no_columns = sparsemb.Embedding(5, 0)
-    out = no_columns(torch.tensor([[1, 4]]))
+    no_columns = sparsemb.Embedding(5, 0, device=backend.device)
+    out = no_columns(torch.tensor([[1, 4]], device=backend.device))
     assert out.shape == (1, 2, 0)
-    no_rows = sparsemb.Embedding(0, 3)
-    assert no_rows(torch.empty(0, dtype=torch.long)).shape == (0, 3)
+    no_rows = sparsemb.Embedding(0, 3, device=backend.device)
+    assert no_rows(torch.empty(0, dtype=torch.long, device=backend.device)).shape == (0, 3)
     with pytest.raises(IndexError):
-        no_rows(torch.tensor([0]))
+        no_rows(torch.tensor([0], device=backend.device))

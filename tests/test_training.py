@@ -2,10 +2,10 @@
 
 import pytest
 import torch
+from helpers import random_indices
 from torch import nn
 
 import sparsemb
-from helpers import random_indices
 
 OPTIMIZERS = {
     "sgd": lambda params: torch.optim.SGD(params, lr=0.5),
@@ -33,7 +33,8 @@ def test_twenty_steps_match_torch(backend, name, sparse):
         pytest.skip("SparseAdam takes sparse gradients only")
     if name == "sgd_momentum" and sparse:
         pytest.skip("torch's SGD momentum does not take sparse gradients")
-    ours, theirs = bag_model(sparsemb.Embedding, sparse), bag_model(nn.Embedding, sparse)
+    ours = bag_model(sparsemb.Embedding, sparse).to(backend.device)
+    theirs = bag_model(nn.Embedding, sparse).to(backend.device)
     make = OPTIMIZERS[name]
     if name == "sparse_adam":
         opts = [
@@ -43,8 +44,9 @@ def test_twenty_steps_match_torch(backend, name, sparse):
     else:
         opts = [(make(m.parameters()),) for m in (ours, theirs)]
     for step in range(20):
-        idx = random_indices(60, (16, 5), seed=step, hot=step % 7)
+        idx = random_indices(60, (16, 5), seed=step, hot=step % 7, device=backend.device)
         target = torch.randint(0, 3, (16,), generator=torch.Generator().manual_seed(step))
+        target = target.to(backend.device)
         for model, model_opts in zip((ours, theirs), opts, strict=True):
             for opt in model_opts:
                 opt.zero_grad()

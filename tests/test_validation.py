@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from helpers import random_indices
 
 import sparsemb
-from helpers import random_indices
 
 
 @pytest.fixture
@@ -22,19 +22,21 @@ def assert_rejected_without_writes(table, idx, error, match):
 
 @pytest.mark.parametrize("bad", [10, 11, 10**12])
 def test_index_too_large(backend, table, bad):
-    idx = torch.tensor([0, 1, 3, bad, 4])
+    table.to(backend.device)
+    idx = torch.tensor([0, 1, 3, bad, 4], device=backend.device)
     assert_rejected_without_writes(table, idx, IndexError, rf"index {bad} .*num_embeddings=10")
 
 
 def test_negative_index(backend, table):
-    idx = torch.tensor([[0, 1], [-1, 4]], dtype=torch.int32)
+    table.to(backend.device)
+    idx = torch.tensor([[0, 1], [-1, 4]], dtype=torch.int32, device=backend.device)
     assert_rejected_without_writes(table, idx, IndexError, r"index -1 is negative")
 
 
 def test_out_of_range_without_max_norm(backend):
-    table = sparsemb.Embedding(10, 4)
+    table = sparsemb.Embedding(10, 4, device=backend.device)
     with pytest.raises(IndexError, match=r"index 12 .*num_embeddings=10"):
-        table(torch.tensor([1, 12]))
+        table(torch.tensor([1, 12], device=backend.device))
 
 
 def test_torch_writes_before_it_notices_but_we_do_not(table):
@@ -111,11 +113,11 @@ def test_from_pretrained_rejects_non_2d():
 
 
 def test_rejected_call_leaves_grad_and_weight_untouched(backend):
-    table = sparsemb.Embedding(10, 4, sparse=True, max_norm=1.0)
-    table(random_indices(10, (5,))).sum().backward()
+    table = sparsemb.Embedding(10, 4, sparse=True, max_norm=1.0, device=backend.device)
+    table(random_indices(10, (5,), device=backend.device)).sum().backward()
     grad_before = table.weight.grad.clone()
     weight_before = table.weight.detach().clone()
     with pytest.raises(IndexError):
-        table(torch.tensor([3, 10]))
+        table(torch.tensor([3, 10], device=backend.device))
     assert torch.equal(table.weight.detach(), weight_before)
     assert torch.equal(table.weight.grad.to_dense(), grad_before.to_dense())
