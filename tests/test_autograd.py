@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from helpers import random_indices
 from torch.autograd import forward_ad, gradcheck, gradgradcheck
 
 import sparsemb
+from helpers import random_indices
 
 IDX = random_indices(8, (3, 4), hot=2)
 

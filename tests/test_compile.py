@@ -2,16 +2,17 @@
 
 import pytest
 import torch
-from helpers import dense, random_indices
 from torch import nn
 
 import sparsemb
+from helpers import dense, random_indices
 from sparsemb import _ops
 
 
-def model(sparse, **options):
+def model(sparse, device="cpu", **options):
     torch.manual_seed(0)
-    return nn.Sequential(sparsemb.Embedding(50, 8, sparse=sparse, **options), nn.Linear(8, 1))
+    table = sparsemb.Embedding(50, 8, sparse=sparse, **options)
+    return nn.Sequential(table, nn.Linear(8, 1)).to(device)
 
 
 @pytest.fixture(autouse=True)
@@ -22,30 +23,33 @@ def fresh_dynamo():
 
 
 @pytest.mark.parametrize("options", [{}, {"max_norm": 1.0, "padding_idx": 3}])
-def test_dense_training_compiles_without_graph_breaks(options):
-    eager, compiled_src = model(False, **options), model(False, **options)
+def test_dense_training_compiles_without_graph_breaks(backend, options):
+    """The custom ops are opaque to the compiler, so the Triton path compiles too (on CPU its
+    kernels then run under the interpreter at run time; traced, only the fake impls run)."""
+    eager = model(False, backend.device, **options)
+    compiled_src = model(False, backend.device, **options)
     compiled = torch.compile(compiled_src, fullgraph=True)
-    idx = random_indices(50, (4, 6), hot=3)
+    idx = random_indices(50, (4, 6), hot=3, device=backend.device)
     for net in (eager, compiled):
         net(idx).sum().backward()
     torch.testing.assert_close(compiled_src[0].weight, eager[0].weight)
     torch.testing.assert_close(compiled_src[0].weight.grad, eager[0].weight.grad)
 
 
-def test_sparse_inference_compiles_without_graph_breaks():
-    net = model(True)
+def test_sparse_inference_compiles_without_graph_breaks(backend):
+    net = model(True, backend.device)
     compiled = torch.compile(net, fullgraph=True)
-    idx = random_indices(50, (4, 6))
+    idx = random_indices(50, (4, 6), device=backend.device)
     with torch.no_grad():
         torch.testing.assert_close(compiled(idx), net(idx))
 
 
-def test_sparse_training_under_compile_keeps_a_sparse_grad():
+def test_sparse_training_under_compile_keeps_a_sparse_grad(backend):
     """AOTAutograd would densify a sparse gradient; sparsemb runs that lookup outside the graph
     (one graph break, documented) so weight.grad stays a coalesced sparse tensor."""
-    eager, compiled_src = model(True), model(True)
+    eager, compiled_src = model(True, backend.device), model(True, backend.device)
     compiled = torch.compile(compiled_src)
-    idx = random_indices(50, (4, 6), hot=7)
+    idx = random_indices(50, (4, 6), hot=7, device=backend.device)
     for net in (eager, compiled):
         net(idx).sum().backward()
     grad = compiled_src[0].weight.grad

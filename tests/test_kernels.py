@@ -5,9 +5,9 @@ On CPU these run under Triton's interpreter (tests/conftest.py sets TRITON_INTER
 
 import pytest
 import torch
-from helpers import TOLERANCES, integer_grad, random_indices
 
 import sparsemb
+from helpers import TOLERANCES, integer_grad, random_indices
 from sparsemb import _reference as ref
 from sparsemb._backend import kernel_module
 

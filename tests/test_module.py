@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from helpers import dense, random_indices, twin_tables
 from torch import nn
 
 import sparsemb
+from helpers import dense, random_indices, twin_tables
 
 
 def test_same_init_as_torch_with_same_seed():

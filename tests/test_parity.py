@@ -6,9 +6,9 @@ The ``backend`` fixture runs each test on the pure-PyTorch path and on the Trito
 
 import pytest
 import torch
-from helpers import TOLERANCES, dense, integer_grad, random_indices, twin_tables
 
 import sparsemb
+from helpers import TOLERANCES, dense, integer_grad, random_indices, twin_tables
 
 FLOAT_DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
 SHAPES = [(), (7,), (3, 5), (2, 3, 4), (0,), (2, 0, 3)]

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from helpers import random_indices
 from torch import nn
 
 import sparsemb
+from helpers import random_indices
 
 OPTIMIZERS = {
     "sgd": lambda params: torch.optim.SGD(params, lr=0.5),

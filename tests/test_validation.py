@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from helpers import random_indices
 
 import sparsemb
+from helpers import random_indices
 
 
 @pytest.fixture
