@@ -17,6 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
+from sparsemb.kernels.rounding import round_nearest
+
 NORM_GENERAL, NORM_ONE, NORM_TWO, NORM_INF = 0, 1, 2, 3
 MAX_BLOCK_D = 512  # widest slice of a row one program holds; wider rows loop over slices
 TILE_ELEMENTS = 4096  # rows x columns a program moves per step for small embedding_dim
@@ -145,7 +147,8 @@ def _renorm_kernel(
         mask = over[:, None] & (cols < dim)[None, :]
         ptrs = base + cols[None, :] * stride_wd
         x = tl.load(ptrs, mask=mask, other=0.0)
-        tl.store(ptrs, (x.to(tl.float32) * scale[:, None]).to(x.dtype), mask=mask)
+        scaled = x.to(tl.float32) * scale[:, None]
+        tl.store(ptrs, round_nearest(scaled, weight_ptr.dtype.element_ty), mask=mask)
 
 
 def norm_kind(norm_type: float) -> int:

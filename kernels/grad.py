@@ -18,6 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
+from sparsemb.kernels.rounding import round_nearest
+
 CHUNK = 32  # gradient rows one stage-1 program sums
 MAX_BLOCK_D = 256  # columns per program; wider rows use more column blocks
 TILE_ELEMENTS = 4096  # elements a program reduces per step; small D packs several rows
@@ -101,7 +103,7 @@ def _segment_sum_kernel(
         dest = i
     tl.store(
         out_ptr + dest[:, None] * dim + cols[None, :],
-        acc.to(out_ptr.dtype.element_ty),
+        round_nearest(acc, out_ptr.dtype.element_ty),
         mask=live[:, None] & in_row[None, :],
     )
 

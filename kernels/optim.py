@@ -21,6 +21,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from sparsemb.kernels.rounding import round_nearest
+
 MAX_BLOCK_D = 2048  # the dim a program covers in one chunk; row-wise Adagrad reads g once up to it
 BLOCK_ELEMENTS = 2048  # elements per program: BLOCK_R = BLOCK_ELEMENTS // BLOCK_D rows
 MAX_BLOCK_R = 256
@@ -35,8 +37,8 @@ def _store_rounded(
     noise_offsets,  # int64 row * dim + col: the Philox counter of each element
     STOCHASTIC: tl.constexpr,  # round 16-bit tables up/down with probability by distance
 ):
-    out_ty = ptrs.dtype.element_ty
-    nearest = x.to(out_ty)
+    out_ty: tl.constexpr = ptrs.dtype.element_ty
+    nearest = round_nearest(x, out_ty)
     if STOCHASTIC:
         # the neighbour of the nearest value on x's side is one bit pattern away (a sign-magnitude
         # float's patterns grow with magnitude); pick it with probability distance / gap
@@ -233,7 +235,7 @@ def _adam_kernel(
 
 
 def _blocks(dim: int) -> tuple[int, int]:
-    """(BLOCK_R, BLOCK_D): the whole dim in one chunk up to MAX_BLOCK_D, ~2048 elements a program."""
+    """(BLOCK_R, BLOCK_D): the dim in one chunk up to MAX_BLOCK_D, ~2048 elements a program."""
     block_d = min(triton.next_power_of_2(max(dim, 1)), MAX_BLOCK_D)
     block_r = max(1, min(BLOCK_ELEMENTS // block_d, MAX_BLOCK_R))
     return block_r, block_d

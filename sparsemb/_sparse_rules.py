@@ -2,8 +2,9 @@
 
 Every ``*_update_`` function takes a table ``weight`` (V, D), the unique rows ``rows`` (U,) int64
 of a coalesced gradient and its ``values`` (U, D), the optimizer state tensors and the scalars the
-optimizer computed on the host. It gathers the touched rows of weight and state once, computes,
-and writes them back once with ``index_copy_``: rows outside ``rows`` are never written.
+optimizer computed on the host, and writes only the rows in ``rows`` of weight and state: adding
+the update with ``index_add_`` (as torch's ``dense.add_(sparse)`` does), or, where the result must
+be rounded to a 16-bit table, gathering, computing and writing back with ``index_copy_``.
 
 Arithmetic runs in the state dtype (float32 for float32/bfloat16/float16 tables, float64 for
 float64 ones) in the order torch.optim's sparse code uses, so on float32 tables the results equal
@@ -48,7 +49,8 @@ def stochastic_round(x: Tensor, dtype: torch.dtype, seed: int) -> Tensor:
 
 
 def round_to(x: Tensor, dtype: torch.dtype, sr_seed: int | None) -> Tensor:
-    """``x`` in the table dtype: nearest, or stochastic for 16-bit tables when ``sr_seed`` is set."""
+    """``x`` in the table dtype: nearest, or stochastic for 16-bit tables when ``sr_seed`` is set.
+    """
     if x.dtype == dtype:
         return x
     if sr_seed is not None and dtype in HALF_DTYPES:
@@ -56,10 +58,37 @@ def round_to(x: Tensor, dtype: torch.dtype, sr_seed: int | None) -> Tensor:
     return x.to(dtype)
 
 
-def _touched(weight: Tensor, rows: Tensor, values: Tensor) -> tuple[Tensor, Tensor, torch.dtype]:
-    """The gradient and the weight rows in the arithmetic dtype."""
-    acc = state_dtype(weight.dtype)
-    return values.to(acc), weight.index_select(0, rows).to(acc), acc
+def _add_to_rows_(
+    weight: Tensor, rows: Tensor, update: Tensor, alpha: float, sr_seed: int | None,
+    decay: float = 1.0,
+) -> None:
+    """``weight[rows] = weight[rows] * decay + alpha * update``, rows unique.
+
+    Tables in the arithmetic dtype (float32, float64) without decay take ``index_add_``: the op
+    torch's ``dense.add_(sparse, alpha)`` runs, so the result is torch's bit for bit, and several
+    times faster on CPU than gathering the rows and writing them back with ``index_copy_``.
+    16-bit tables (rounding of the float32 result) and decay gather, compute and copy back.
+    """
+    if weight.dtype == update.dtype and decay == 1:
+        weight.index_add_(0, rows, update, alpha=alpha)
+        return
+    w = weight.index_select(0, rows).to(update.dtype)
+    if decay != 1:
+        w.mul_(decay)
+    w = w.add(update, alpha=alpha)
+    weight.index_copy_(0, rows, round_to(w, weight.dtype, sr_seed))
+
+
+def _grad(weight: Tensor, rows: Tensor, values: Tensor, weight_decay: float) -> Tensor:
+    """The gradient in the arithmetic dtype, plus ``weight_decay * w`` of the touched rows."""
+    g = values.to(state_dtype(weight.dtype))
+    if weight_decay != 0:
+        g = g.add(weight.index_select(0, rows).to(g.dtype), alpha=weight_decay)
+    return g
+
+
+def _skip(weight: Tensor, rows: Tensor) -> bool:
+    return rows.numel() == 0 or weight.shape[1] == 0
 
 
 def sgd_update_(
@@ -67,13 +96,10 @@ def sgd_update_(
     sr_seed: int | None,
 ) -> None:
     """w += -lr * (g + weight_decay * w) on the touched rows (torch.optim.SGD's order)."""
-    if rows.numel() == 0 or weight.shape[1] == 0:
+    if _skip(weight, rows):
         return
-    g, w, _ = _touched(weight, rows, values)
-    if weight_decay != 0:
-        g = g.add(w, alpha=weight_decay)
-    w = w.add(g, alpha=neg_lr)
-    weight.index_copy_(0, rows, round_to(w, weight.dtype, sr_seed))
+    g = _grad(weight, rows, values, weight_decay)
+    _add_to_rows_(weight, rows, g, neg_lr, sr_seed)
 
 
 def adagrad_update_(
@@ -81,17 +107,12 @@ def adagrad_update_(
     eps: float, weight_decay: float, sr_seed: int | None,
 ) -> None:
     """sum += g^2; w += -clr * g / (sqrt(sum) + eps), elementwise (torch.optim.Adagrad sparse)."""
-    if rows.numel() == 0 or weight.shape[1] == 0:
+    if _skip(weight, rows):
         return
-    g, w, _ = _touched(weight, rows, values)
-    if weight_decay != 0:
-        g = g.add(w, alpha=weight_decay)
-    total = state_sum.index_select(0, rows)
-    total.add_(g.pow(2))
-    state_sum.index_copy_(0, rows, total)
-    std = total.sqrt_().add_(eps)
-    w = w.add(g.div(std), alpha=neg_clr)
-    weight.index_copy_(0, rows, round_to(w, weight.dtype, sr_seed))
+    g = _grad(weight, rows, values, weight_decay)
+    state_sum.index_add_(0, rows, g.pow(2))
+    std = state_sum.index_select(0, rows).sqrt_().add_(eps)
+    _add_to_rows_(weight, rows, g.div(std), neg_clr, sr_seed)
 
 
 def rowwise_adagrad_update_(
@@ -99,17 +120,12 @@ def rowwise_adagrad_update_(
     eps: float, weight_decay: float, sr_seed: int | None,
 ) -> None:
     """sum[r] += mean(g_r^2); w_r += -lr * g_r / (sqrt(sum[r]) + eps) (one state per row)."""
-    if rows.numel() == 0 or weight.shape[1] == 0:
+    if _skip(weight, rows):
         return
-    g, w, _ = _touched(weight, rows, values)
-    if weight_decay != 0:
-        g = g.add(w, alpha=weight_decay)
-    total = state_sum.index_select(0, rows)
-    total.add_(g.pow(2).mean(dim=1))
-    state_sum.index_copy_(0, rows, total)
-    std = total.sqrt_().add_(eps)
-    w = w.add(g.div(std.unsqueeze(1)), alpha=neg_lr)
-    weight.index_copy_(0, rows, round_to(w, weight.dtype, sr_seed))
+    g = _grad(weight, rows, values, weight_decay)
+    state_sum.index_add_(0, rows, g.pow(2).mean(dim=1))
+    std = state_sum.index_select(0, rows).sqrt_().add_(eps)
+    _add_to_rows_(weight, rows, g.div(std.unsqueeze(1)), neg_lr, sr_seed)
 
 
 def adam_update_(
@@ -123,17 +139,16 @@ def adam_update_(
     w = w * decay + (-step_size) * m / (sqrt(v) + eps), with step_size = lr * sqrt(1 - beta2^t) /
     (1 - beta1^t) and decay = 1 - lr * weight_decay (AdamW; 1 for Adam).
     """
-    if rows.numel() == 0 or weight.shape[1] == 0:
+    if _skip(weight, rows):
         return
-    g, w, _ = _touched(weight, rows, values)
-    m = exp_avg.index_select(0, rows)
-    m.add_(g.sub(m).mul_(one_minus_beta1))
-    v = exp_avg_sq.index_select(0, rows)
-    v.add_(g.pow(2).sub_(v).mul_(one_minus_beta2))
-    exp_avg.index_copy_(0, rows, m)
-    exp_avg_sq.index_copy_(0, rows, v)
-    update = m.div_(v.sqrt_().add_(eps)).mul_(neg_step_size)  # m, v are copies: reuse them
-    if decay != 1:
-        w.mul_(decay)
-    w.add_(update)
-    weight.index_copy_(0, rows, round_to(w, weight.dtype, sr_seed))
+    g = values.to(state_dtype(weight.dtype))
+    old = exp_avg.index_select(0, rows)
+    step = g.sub(old).mul_(one_minus_beta1)
+    exp_avg.index_add_(0, rows, step)
+    numer = step.add_(old)  # the new first moment, as torch recomputes it
+    old = exp_avg_sq.index_select(0, rows)
+    step = g.pow(2).sub_(old).mul_(one_minus_beta2)
+    exp_avg_sq.index_add_(0, rows, step)
+    denom = step.add_(old).sqrt_().add_(eps)
+    update = numer.div_(denom).mul_(neg_step_size)
+    _add_to_rows_(weight, rows, update, 1.0, sr_seed, decay)

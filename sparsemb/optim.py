@@ -110,7 +110,7 @@ def _mix(*values: int) -> int:
 class SparseOptimizer(torch.optim.Optimizer):
     """Base of the sparse rules: validation, gradient rows, lazy state, fused backward.
 
-    A subclass names its per-parameter state tensors (``_state_shapes``), checks its options
+    A subclass names its per-parameter state tensors (``_state_names``), checks its options
     (``_check_options``) and applies its update to one table (``_update``).
     """
 
@@ -316,7 +316,9 @@ class SparseOptimizer(torch.optim.Optimizer):
         equals ``backward(); step()`` when each table is looked up once per backward (two lookups
         of one table give two updates). Gradient clipping and ``GradScaler`` cannot see these
         gradients, and the weight must be used only through lookups (it changes in backward).
-        Takes effect on lookups run after this call; torch's own nn.Embedding ignores it.
+        Takes effect on lookups run after this call; torch's own nn.Embedding ignores it. The
+        hook (holding this optimizer) is an attribute of the weight: call
+        :meth:`disable_fused_backward` before pickling or deep-copying the module.
         """
         managed = [q for g in self.param_groups for q in g["params"]]
         for p in managed if params is None else list(params):
@@ -339,13 +341,15 @@ class SparseOptimizer(torch.optim.Optimizer):
         and is copied, never aliased with ``state_dict``; checked before anything is replaced."""
         saved_groups = state_dict["param_groups"]
         if len(saved_groups) != len(self.param_groups) or any(
-            len(s["params"]) != len(g["params"]) for s, g in zip(saved_groups, self.param_groups)
+            len(s["params"]) != len(g["params"])
+            for s, g in zip(saved_groups, self.param_groups, strict=True)
         ):
             raise ValueError("loaded state dict does not match this optimizer's parameter groups")
         id_map = dict(
             zip(
                 chain.from_iterable(g["params"] for g in saved_groups),
                 chain.from_iterable(g["params"] for g in self.param_groups),
+                strict=True,
             )
         )
         restored = {}
@@ -695,10 +699,11 @@ class SparseAware(torch.optim.Optimizer):
             for group in self.dense_optimizer.param_groups:
                 for p in group["params"]:
                     if p.grad is not None and p.grad.is_sparse:
+                        name = self._names.get(id(p), tuple(p.shape))
                         raise ValueError(
-                            f"parameter {self._names.get(id(p), tuple(p.shape))!r} has a sparse "
-                            f"gradient but is on the dense side ({type(self.dense_optimizer).__name__}"
-                            "); put it in a group with 'sparse': True"
+                            f"parameter {name!r} has a sparse gradient but is on the dense side "
+                            f"({type(self.dense_optimizer).__name__}); put it in a group with "
+                            "'sparse': True"
                         )
         if self.sparse_optimizer is not None:
             self.sparse_optimizer.step()
