@@ -13,4 +13,4 @@ bench: setup
 	$(PYTHON_VENV) -m sparsemb.bench --quick
 
 lint:
-	$(PYTHON_VENV) -m ruff check sparsemb kernels tests bench
+	$(PYTHON_VENV) -m ruff check sparsemb kernels tests bench examples

@@ -31,6 +31,7 @@ _BOM = b"\xef\xbb\xbf"
 _CHUNK = 1 << 20  # bytes read at a time from binary files
 _TICK_LINES = 1 << 13  # lines between progress-bar updates (a tell() is not free)
 PROGRESS_MIN_BYTES = 8 << 20  # smaller files load without a progress bar
+_MAX_LINE = 64 << 20  # a first line longer than this is not a header or a vector
 
 
 class VectorFormatError(ValueError):
@@ -150,7 +151,7 @@ class VectorReader:
 
     # -- setup ------------------------------------------------------------------------------
     def _read_head(self) -> None:
-        first = self._stream.readline()
+        first = self._stream.readline(_MAX_LINE)
         if first.startswith(_BOM):
             first = first[len(_BOM):]
         if not first.strip():
@@ -298,7 +299,8 @@ class VectorReader:
                 word = raw_word.decode(encoding, errors)
             except UnicodeDecodeError as exc:
                 raise VectorFormatError(
-                    self.path, f"the word {_show(raw_word)} is not valid {encoding} ({exc.reason}); "
+                    self.path,
+                    f"the word {_show(raw_word)} is not valid {encoding} ({exc.reason}); "
                     "pass errors='replace' or another encoding",
                     record=record,
                 ) from exc
@@ -312,7 +314,7 @@ class VectorReader:
         self._tick()
         if tail.strip():
             raise VectorFormatError(
-                self.path, f"data after the header's {count} vectors: {_show(tail[:40])}",
+                self.path, f"data after the header's {count} vectors: {_show(tail.lstrip()[:40])}",
                 record=count + 1,
             )
 
@@ -378,7 +380,8 @@ class VectorReader:
 def _show(data: bytes, limit: int = 60) -> str:
     """A short printable form of raw bytes for error messages."""
     text = data.decode("utf-8", "backslashreplace").rstrip("\r\n")
-    return repr(text if len(text) <= limit else text[:limit] + "...")
+    text = text if len(text) <= limit else text[:limit] + "..."
+    return "'" + text.replace("\n", "\\n").replace("\r", "\\r") + "'"
 
 
 # -- writing ---------------------------------------------------------------------------------

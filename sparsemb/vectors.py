@@ -158,7 +158,8 @@ def load_vectors(
             return hit
 
     reader = VectorReader(
-        path, format, wanted=layout.rows, encoding=encoding, errors=errors, limit=max_words, progress=progress,
+        path, format, wanted=layout.rows, encoding=encoding, errors=errors, limit=max_words,
+        progress=progress,
     )
     with reader:
         if layout.rows is not None:
@@ -315,7 +316,7 @@ class _Layout:
                 raise ValueError(f"{clash!r} is both in vocab and in specials; list it once")
             taken = set(fixed.values())
             free = (row for row in range(total) if row not in taken)
-            placed = dict(zip(words, free))
+            placed = dict(zip(words, free, strict=True))
         else:
             for word in fixed:
                 if word in placed:
@@ -357,8 +358,8 @@ def _unique(words, what: str) -> list[str]:
 
 
 def _digest(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, ensure_ascii=False).encode("utf-8", "surrogatepass"))\
-        .hexdigest()
+    text = json.dumps(obj, ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 # -- reading ---------------------------------------------------------------------------------
@@ -420,7 +421,7 @@ def _read_all(reader: VectorReader, layout: _Layout):
     if fixed:
         slots = np.setdiff1d(np.arange(total), np.fromiter(fixed.values(), dtype=np.int64))
         words = [""] * total
-        for word, row in zip(file_words, slots.tolist()):
+        for word, row in zip(file_words, slots.tolist(), strict=True):
             words[row] = word
     else:
         slots, words = None, file_words
