@@ -1,7 +1,10 @@
 """sparsemb: Triton-accelerated sparse embeddings, a drop-in ``torch.nn.Embedding``."""
 
-from sparsemb import _ops  # noqa: F401  (registers the sparsemb:: torch.library ops)
-from sparsemb import optim, vectors
+from sparsemb import (
+    _ops,  # noqa: F401  (registers the sparsemb:: torch.library ops)
+    optim,
+    vectors,
+)
 from sparsemb.functional import embedding
 from sparsemb.nn import Embedding
 

@@ -88,15 +88,16 @@ def embedding(
     flat = input.reshape(-1)
     if max_norm is not None:
         with torch.no_grad():
-            _ops.renorm_(weight, flat, float(max_norm), float(norm_type), check_bounds)
+            _ops.ops().renorm_(weight, flat, float(max_norm), float(norm_type), check_bounds)
         check_bounds = False  # the renorm validated the indices before writing
     args = (weight, flat, padding, bool(scale_grad_by_freq), bool(sparse), check_bounds)
     if not torch.compiler.is_compiling():
         if sparse:
             keep_grad_coalesced(weight)
-        out = _LookupWithJvp.apply(*args)
+        lookup = _LookupWithJvp if _under_functorch(weight) else _EagerLookup
+        out = lookup.apply(*args)
     elif not (torch.is_grad_enabled() and weight.requires_grad):
-        out = _ops.gather(weight, flat, check_bounds)
+        out = _ops.ops().gather(weight, flat, check_bounds)
     elif sparse:
         out = _sparse_lookup_outside_graph(*args)
     else:
@@ -104,7 +105,7 @@ def embedding(
     return out.view(*input.shape, weight.shape[1])
 
 
-@torch.compiler.disable
+@torch._disable_dynamo  # torch.compiler.disable, without importing torch._dynamo at import time
 def _sparse_lookup_outside_graph(*args) -> Tensor:
     """Under torch.compile, a lookup that needs a sparse gradient runs eagerly (a graph break).
 
@@ -113,7 +114,7 @@ def _sparse_lookup_outside_graph(*args) -> Tensor:
     keeps the gradient sparse; the dense path and no-grad lookups compile with no break.
     """
     keep_grad_coalesced(args[0])
-    return _LookupWithJvp.apply(*args)
+    return _EagerLookup.apply(*args)
 
 
 def keep_grad_coalesced(weight: Tensor) -> None:
@@ -137,7 +138,7 @@ def _restore_coalesced_flag(weight: Tensor) -> None:
     if grad is None or produced is None or not grad.is_sparse or grad.is_coalesced():
         return
     values = grad._values()
-    if values.data_ptr() == produced[0] and values.shape == produced[1]:
+    if values.data_ptr() == produced[0] and values.numel() == produced[1]:
         grad._coalesced_(True)
 
 
@@ -149,61 +150,119 @@ def sparse_grad_tensor(unique: Tensor, values: Tensor, num_weights: int) -> Tens
     )
 
 
+def _under_functorch(tensor: Tensor) -> bool:
+    """True inside torch.func transforms, which need setup_context-style Functions."""
+    return torch._C._functorch.is_functorch_wrapped_tensor(tensor)
+
+
+# The lookup and its dense gradient each come as three autograd.Function classes that share
+# one forward, backward and jvp: a setup_context-style class for torch.compile (Dynamo cannot
+# trace a custom jvp), the same plus jvp for torch.func transforms, and a classic-style class
+# for plain eager code, where setup_context-style ``apply`` pays an ``inspect.signature`` bind
+# on every call (~100 us, more than the whole lookup of a small batch).
+
+
+def _save_lookup_context(ctx, weight, indices, padding_idx, scale_grad_by_freq, sparse):
+    ctx.save_for_backward(indices)
+    ctx.save_for_forward(indices)
+    ctx.num_weights = weight.shape[0]
+    ctx.padding_idx = padding_idx
+    ctx.scale_grad_by_freq = scale_grad_by_freq
+    ctx.sparse = sparse
+    ctx.fused_update: Callable[[Tensor, Tensor], None] | None = getattr(
+        weight, FUSED_UPDATE_ATTR, None
+    )
+    ctx.grad_owner = weight if getattr(weight, "_sparsemb_coalesce_hook", False) else None
+
+
+def _lookup_backward(ctx, grad):
+    """Deduplicated gradient: fused into the optimizer, sparse COO, or dense."""
+    (indices,) = ctx.saved_tensors
+    weight_grad = None
+    if ctx.needs_input_grad[0]:
+        ops = _ops.ops()
+        if ctx.fused_update is not None:
+            unique, values = ops.dedup_grad(
+                grad.detach(), indices, ctx.padding_idx, ctx.scale_grad_by_freq
+            )
+            with torch.no_grad():
+                ctx.fused_update(unique, values)
+        elif ctx.sparse:
+            unique, values = ops.dedup_grad(grad, indices, ctx.padding_idx, ctx.scale_grad_by_freq)
+            weight_grad = sparse_grad_tensor(unique, values, ctx.num_weights)
+            if ctx.grad_owner is not None:
+                ctx.grad_owner._sparsemb_last_values = (values.data_ptr(), values.numel())
+        else:
+            if torch.compiler.is_compiling():
+                dense = _DenseGrad
+            elif _under_functorch(grad):
+                dense = _DenseGradWithJvp
+            else:
+                dense = _EagerDenseGrad
+            weight_grad = dense.apply(
+                grad, indices, ctx.num_weights, ctx.padding_idx, ctx.scale_grad_by_freq
+            )
+    return weight_grad, None, None, None, None, None
+
+
+def _lookup_jvp(ctx, weight_tangent, *_):
+    (indices,) = ctx.saved_tensors
+    return _ops.ops().gather(weight_tangent, indices, False)
+
+
 class _Lookup(torch.autograd.Function):
     """Gather whose backward is the deduplicated gradient (sparse COO or dense)."""
 
     @staticmethod
     def forward(weight, indices, padding_idx, scale_grad_by_freq, sparse, check_bounds):
-        return _ops.gather(weight, indices, check_bounds)
+        return _ops.ops().gather(weight, indices, check_bounds)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        weight, indices, padding_idx, scale_grad_by_freq, sparse, _ = inputs
-        ctx.save_for_backward(indices)
-        ctx.save_for_forward(indices)
-        ctx.num_weights = weight.shape[0]
-        ctx.padding_idx = padding_idx
-        ctx.scale_grad_by_freq = scale_grad_by_freq
-        ctx.sparse = sparse
-        ctx.fused_update: Callable[[Tensor, Tensor], None] | None = getattr(
-            weight, FUSED_UPDATE_ATTR, None
-        )
-        ctx.grad_owner = weight if getattr(weight, "_sparsemb_coalesce_hook", False) else None
+        _save_lookup_context(ctx, *inputs[:5])
 
-    @staticmethod
-    def backward(ctx, grad):
-        (indices,) = ctx.saved_tensors
-        weight_grad = None
-        if ctx.needs_input_grad[0]:
-            if ctx.fused_update is not None:
-                unique, values = _ops.dedup_grad(
-                    grad.detach(), indices, ctx.padding_idx, ctx.scale_grad_by_freq
-                )
-                with torch.no_grad():
-                    ctx.fused_update(unique, values)
-            elif ctx.sparse:
-                unique, values = _ops.dedup_grad(
-                    grad, indices, ctx.padding_idx, ctx.scale_grad_by_freq
-                )
-                weight_grad = sparse_grad_tensor(unique, values, ctx.num_weights)
-                if ctx.grad_owner is not None:
-                    ctx.grad_owner._sparsemb_last_values = (values.data_ptr(), values.shape)
-            else:
-                dense = _DenseGrad if torch.compiler.is_compiling() else _DenseGradWithJvp
-                weight_grad = dense.apply(
-                    grad, indices, ctx.num_weights, ctx.padding_idx, ctx.scale_grad_by_freq
-                )
-        return weight_grad, None, None, None, None, None
-
+    backward = staticmethod(_lookup_backward)
 
 
 class _LookupWithJvp(_Lookup):
-    """_Lookup plus forward-mode AD; eager only (Dynamo cannot trace a custom ``jvp``)."""
+    """_Lookup plus forward-mode AD, for torch.func transforms."""
+
+    jvp = staticmethod(_lookup_jvp)
+
+
+class _EagerLookup(torch.autograd.Function):
+    """_Lookup in classic style for eager code; forward-mode AD included."""
 
     @staticmethod
-    def jvp(ctx, weight_tangent, *_):
-        (indices,) = ctx.saved_tensors
-        return _ops.gather(weight_tangent, indices, False)
+    def forward(ctx, weight, indices, padding_idx, scale_grad_by_freq, sparse, check_bounds):
+        _save_lookup_context(ctx, weight, indices, padding_idx, scale_grad_by_freq, sparse)
+        return _ops.ops().gather(weight, indices, check_bounds)
+
+    backward = staticmethod(_lookup_backward)
+    jvp = staticmethod(_lookup_jvp)
+
+
+def _save_dense_grad_context(ctx, indices, num_weights, padding_idx, scale_grad_by_freq):
+    ctx.save_for_backward(indices)
+    ctx.save_for_forward(indices)
+    ctx.num_weights = num_weights
+    ctx.padding_idx = padding_idx
+    ctx.scale_grad_by_freq = scale_grad_by_freq
+
+
+def _dense_grad_backward(ctx, grad_grad):
+    (indices,) = ctx.saved_tensors
+    back = _ops.ops().dense_grad_backward(
+        grad_grad, indices, ctx.padding_idx, ctx.scale_grad_by_freq
+    )
+    return back, None, None, None, None
+
+
+def _dense_grad_jvp(ctx, grad_tangent, *_):
+    (indices,) = ctx.saved_tensors
+    return _ops.ops().dense_grad(
+        grad_tangent, indices, ctx.num_weights, ctx.padding_idx, ctx.scale_grad_by_freq
+    )
 
 
 class _DenseGrad(torch.autograd.Function):
@@ -211,29 +270,24 @@ class _DenseGrad(torch.autograd.Function):
 
     @staticmethod
     def forward(grad, indices, num_weights, padding_idx, scale_grad_by_freq):
-        return _ops.dense_grad(grad, indices, num_weights, padding_idx, scale_grad_by_freq)
+        return _ops.ops().dense_grad(grad, indices, num_weights, padding_idx, scale_grad_by_freq)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        _, indices, num_weights, padding_idx, scale_grad_by_freq = inputs
-        ctx.save_for_backward(indices)
-        ctx.save_for_forward(indices)
-        ctx.num_weights = num_weights
-        ctx.padding_idx = padding_idx
-        ctx.scale_grad_by_freq = scale_grad_by_freq
+        _save_dense_grad_context(ctx, *inputs[1:])
 
-    @staticmethod
-    def backward(ctx, grad_grad):
-        (indices,) = ctx.saved_tensors
-        back = _ops.dense_grad_backward(grad_grad, indices, ctx.padding_idx, ctx.scale_grad_by_freq)
-        return back, None, None, None, None
-
+    backward = staticmethod(_dense_grad_backward)
 
 
 class _DenseGradWithJvp(_DenseGrad):
+    jvp = staticmethod(_dense_grad_jvp)
+
+
+class _EagerDenseGrad(torch.autograd.Function):
     @staticmethod
-    def jvp(ctx, grad_tangent, *_):
-        (indices,) = ctx.saved_tensors
-        return _ops.dense_grad(
-            grad_tangent, indices, ctx.num_weights, ctx.padding_idx, ctx.scale_grad_by_freq
-        )
+    def forward(ctx, grad, indices, num_weights, padding_idx, scale_grad_by_freq):
+        _save_dense_grad_context(ctx, indices, num_weights, padding_idx, scale_grad_by_freq)
+        return _ops.ops().dense_grad(grad, indices, num_weights, padding_idx, scale_grad_by_freq)
+
+    backward = staticmethod(_dense_grad_backward)
+    jvp = staticmethod(_dense_grad_jvp)
