@@ -32,6 +32,16 @@ def time_fwd_bwd(table, idx, grad, repeat):
     return statistics.median(times[2:])
 
 
+def time_forward(table, idx, repeat):
+    times = []
+    with torch.no_grad():
+        for _ in range(repeat + 2):
+            start = time.perf_counter()
+            table(idx)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times[2:])
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=20)
@@ -58,6 +68,23 @@ def main():
         t = time_fwd_bwd(table, idx, grad, args.repeat)
         ours = ours or t
         print(f"{name:34s} {t * 1e3:8.2f} ms   ratio to sparsemb: {t / ours:5.2f}x")
+    print("forward only (no grad):")
+    forwards = {
+        "sparsemb bounds_check='raise'": sparsemb.Embedding(
+            args.vocab, args.dim, _weight=weight.clone()),
+        "sparsemb bounds_check='none'": sparsemb.Embedding(
+            args.vocab, args.dim, _weight=weight.clone(), bounds_check="none"),
+        "sparsemb max_norm=1.0": sparsemb.Embedding(
+            args.vocab, args.dim, _weight=weight.clone(), max_norm=1.0),
+        "nn.Embedding": torch.nn.Embedding(args.vocab, args.dim, _weight=weight.clone()),
+        "nn.Embedding max_norm=1.0": torch.nn.Embedding(
+            args.vocab, args.dim, _weight=weight.clone(), max_norm=1.0),
+    }  # fmt: skip
+    base = None
+    for name, table in forwards.items():
+        t = time_forward(table, idx, args.repeat)
+        base = base or t
+        print(f"{name:34s} {t * 1e3:8.2f} ms   ratio to the first row: {t / base:5.2f}x")
 
 
 if __name__ == "__main__":
