@@ -1,7 +1,7 @@
 # Entry points: `make test` and `make bench` each set everything up first (scripts/setup.sh).
 PYTHON_VENV := .venv/bin/python
 
-.PHONY: setup test bench demo lint
+.PHONY: setup test bench lint
 
 setup:
 	bash scripts/setup.sh
@@ -9,7 +9,8 @@ setup:
 test: setup
 	$(PYTHON_VENV) -m pytest -q
 
-bench: setup
+bench:
+	bash scripts/setup.sh --bench
 	$(PYTHON_VENV) -m sparsemb.bench --quick
 
 lint:

@@ -28,5 +28,17 @@ if ! "$venv_python" -c "import torch" 2>/dev/null; then
   fi
 fi
 "$venv_python" -m pip install -q -e ".[test,bench]"
+
+# --bench: also the FBGEMM peer of the benchmarks, where a CPU wheel matches this torch
+# (each fbgemm-gpu-cpu release is built against one torch: 1.8.0 <-> torch 2.13).
+if [ "${1:-}" = "--bench" ]; then
+  torch_minor=$("$venv_python" -c "import torch; print('.'.join(torch.__version__.split('.')[:2]))")
+  if [ "$torch_minor" = "2.13" ] && ! "$venv_python" -c "import fbgemm_gpu" 2>/dev/null; then
+    "$venv_python" -m pip install -q "fbgemm-gpu-cpu==1.8.0" \
+      || echo "setup: fbgemm-gpu-cpu==1.8.0 did not install; the FBGEMM peer will be skipped"
+  elif [ "$torch_minor" != "2.13" ]; then
+    echo "setup: no known fbgemm-gpu-cpu wheel for torch $torch_minor; the FBGEMM peer is skipped"
+  fi
+fi
 "$venv_python" -c "import torch, sparsemb; print('setup: sparsemb', sparsemb.__version__, \
 'with torch', torch.__version__, '| CUDA' if torch.cuda.is_available() else '| CPU only')"
