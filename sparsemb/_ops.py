@@ -136,20 +136,15 @@ def _(grad_grad, indices, padding_idx, scale_grad_by_freq):
     return grad_grad.new_empty(indices.shape[0], grad_grad.shape[1])
 
 
-EAGER = SimpleNamespace(
-    renorm_=_renorm_impl,
-    gather=_gather_impl,
-    dedup_grad=_dedup_grad_impl,
-    dense_grad=_dense_grad_impl,
-    dense_grad_backward=_dense_grad_backward_impl,
-)
-COMPILED = SimpleNamespace(
-    renorm_=renorm_,
-    gather=gather,
-    dedup_grad=dedup_grad,
-    dense_grad=dense_grad,
-    dense_grad_backward=dense_grad_backward,
-)
+_OPS = {  # name: (plain function, registered op)
+    "renorm_": (_renorm_impl, renorm_),
+    "gather": (_gather_impl, gather),
+    "dedup_grad": (_dedup_grad_impl, dedup_grad),
+    "dense_grad": (_dense_grad_impl, dense_grad),
+    "dense_grad_backward": (_dense_grad_backward_impl, dense_grad_backward),
+}
+EAGER = SimpleNamespace(**{name: impl for name, (impl, _) in _OPS.items()})
+COMPILED = SimpleNamespace(**{name: op for name, (_, op) in _OPS.items()})
 
 
 def ops() -> SimpleNamespace:
