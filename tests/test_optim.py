@@ -598,3 +598,32 @@ def test_wrapper_with_param_groups_and_a_torch_sparse_rule():
     extra = nn.Parameter(torch.randn(V, D))
     opt.add_param_group({"params": [extra], "sparse": True})
     assert any(extra is p for p in opt.sparse_optimizer.param_groups[-1]["params"])
+
+
+# ----- the CPU rules run in cache-sized blocks of rows: blocking must not change a bit
+
+
+@pytest.mark.parametrize("rule", sorted(ALL_RULES))
+@pytest.mark.parametrize(
+    "dtype, sr", [(torch.float32, False), (torch.float64, False), (torch.bfloat16, True)]
+)
+def test_cpu_rules_in_row_blocks_equal_one_block(rule, dtype, sr, monkeypatch):
+    from sparsemb import _sparse_rules
+
+    def run(block_elements):
+        monkeypatch.setattr(_sparse_rules, "_BLOCK_ELEMENTS", block_elements)
+        gen = torch.Generator().manual_seed(11)
+        p = nn.Parameter(torch.randn(V, D, generator=gen).to(dtype))
+        opt = ALL_RULES[rule]([p])
+        if sr:
+            opt = type(opt)([p], **{**opt.defaults, "stochastic_rounding": True, "seed": 3})
+        for _ in range(3):
+            rows = torch.randperm(V, generator=gen)[:25].sort().values
+            p.grad = sparse_grad(rows, torch.randn(25, D, generator=gen).to(dtype))
+            opt.step()
+        return [p.detach()] + [v for v in opt.state[p].values() if isinstance(v, torch.Tensor)]
+
+    whole = run(1 << 30)
+    for block_elements in (1, 2 * D):  # one row per block (per thread); a few rows per block
+        for a, b in zip(run(block_elements), whole, strict=True):
+            assert torch.equal(a, b)
