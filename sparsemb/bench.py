@@ -8,8 +8,10 @@ peak memory, GB/s for gathers and optimizer steps against the measured copy band
 issue's targets as MET/MISSED, and writes ``results.json``, ``report.md`` and ``plot.png``
 into ``--out`` (default ``bench/out/<device>-<date>/``).
 
-Each workload runs in its own subprocess (``--isolate provider``: each provider too), so one
-table of 1e7 rows never shares memory with the next and peak memory is measured cleanly: on CPU,
+Each workload runs in its own subprocess (``--isolate provider``: each provider too, about 5x
+slower, and steadier: providers sharing a process can slow whichever runs first, as seen on the
+CPU's sparsemb + SparseAdam step), so one table of 1e7 rows never shares memory with the next
+and peak memory is measured cleanly: on CPU,
 peak RSS over the RSS before the provider was built (VmHWM, reset per provider); on GPU,
 ``torch.cuda.max_memory_allocated`` over the memory in use before it was built.
 """
