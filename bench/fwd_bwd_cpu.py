@@ -1,7 +1,8 @@
 """Forward + backward time of one lookup: sparsemb vs torch.nn.Embedding (dense and sparse).
 
 V=1,000,000, D=128, N=65,536 Zipf(1.2) indices over a shuffled vocabulary, float32, this CPU.
-Run: python bench/fwd_bwd_cpu.py [--repeat 20]
+The systems are timed round-robin (one call each per round, median over rounds), so no system
+is favoured by running first or last. Run: python bench/fwd_bwd_cpu.py [--repeat 20]
 """
 
 import argparse
@@ -22,24 +23,39 @@ def zipf_indices(num_embeddings, n, a=1.2, seed=0):
     return torch.from_numpy(shuffle[ranks]).to(torch.int64)
 
 
-def time_fwd_bwd(table, idx, grad, repeat):
-    times = []
-    for _ in range(repeat + 2):
-        table.weight.grad = None
-        start = time.perf_counter()
-        table(idx).backward(grad)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times[2:])
-
-
-def time_forward(table, idx, repeat):
-    times = []
-    with torch.no_grad():
-        for _ in range(repeat + 2):
+def round_robin(calls, repeat, warmup=2):
+    """Median seconds per call of each named callable, timed one call each per round."""
+    times = {name: [] for name in calls}
+    for round_index in range(warmup + repeat):
+        for name, call in calls.items():
             start = time.perf_counter()
+            call()
+            if round_index >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def fwd_bwd(table, idx, grad):
+    def call():
+        table.weight.grad = None
+        table(idx).backward(grad)
+
+    return call
+
+
+def forward(table, idx):
+    def call():
+        with torch.no_grad():
             table(idx)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times[2:])
+
+    return call
+
+
+def report(title, medians):
+    print(title)
+    first = next(iter(medians.values()))
+    for name, t in medians.items():
+        print(f"  {name:34s} {t * 1e3:8.2f} ms   ratio to the first row: {t / first:5.2f}x")
 
 
 def main():
@@ -53,38 +69,28 @@ def main():
     idx = zipf_indices(args.vocab, args.batch)
     grad = torch.randn(args.batch, args.dim)
     weight = torch.randn(args.vocab, args.dim)
-    systems = {
-        "sparsemb.Embedding(sparse=True)": sparsemb.Embedding(
-            args.vocab, args.dim, _weight=weight.clone(), sparse=True),
-        "nn.Embedding(sparse=False)": torch.nn.Embedding(
-            args.vocab, args.dim, _weight=weight.clone()),
-        "nn.Embedding(sparse=True)": torch.nn.Embedding(
-            args.vocab, args.dim, _weight=weight.clone(), sparse=True),
-    }  # fmt: skip
-    print(f"V={args.vocab} D={args.dim} N={args.batch} unique={idx.unique().numel()} "
+    v, d = args.vocab, args.dim
+    print(f"V={v} D={d} N={args.batch} unique={idx.unique().numel()} "
           f"torch={torch.__version__} threads={torch.get_num_threads()}")  # fmt: skip
-    ours = None
-    for name, table in systems.items():
-        t = time_fwd_bwd(table, idx, grad, args.repeat)
-        ours = ours or t
-        print(f"{name:34s} {t * 1e3:8.2f} ms   ratio to sparsemb: {t / ours:5.2f}x")
-    print("forward only (no grad):")
-    forwards = {
-        "sparsemb bounds_check='raise'": sparsemb.Embedding(
-            args.vocab, args.dim, _weight=weight.clone()),
-        "sparsemb bounds_check='none'": sparsemb.Embedding(
-            args.vocab, args.dim, _weight=weight.clone(), bounds_check="none"),
-        "sparsemb max_norm=1.0": sparsemb.Embedding(
-            args.vocab, args.dim, _weight=weight.clone(), max_norm=1.0),
-        "nn.Embedding": torch.nn.Embedding(args.vocab, args.dim, _weight=weight.clone()),
-        "nn.Embedding max_norm=1.0": torch.nn.Embedding(
-            args.vocab, args.dim, _weight=weight.clone(), max_norm=1.0),
-    }  # fmt: skip
-    base = None
-    for name, table in forwards.items():
-        t = time_forward(table, idx, args.repeat)
-        base = base or t
-        print(f"{name:34s} {t * 1e3:8.2f} ms   ratio to the first row: {t / base:5.2f}x")
+    report("forward + backward:", round_robin({
+        "sparsemb.Embedding(sparse=True)": fwd_bwd(
+            sparsemb.Embedding(v, d, _weight=weight.clone(), sparse=True), idx, grad),
+        "nn.Embedding(sparse=False)": fwd_bwd(
+            torch.nn.Embedding(v, d, _weight=weight.clone()), idx, grad),
+        "nn.Embedding(sparse=True)": fwd_bwd(
+            torch.nn.Embedding(v, d, _weight=weight.clone(), sparse=True), idx, grad),
+    }, args.repeat))  # fmt: skip
+    shared = weight.clone()  # max_norm tables renormalize their rows: give them their own copy
+    report("forward only (no grad):", round_robin({
+        "sparsemb bounds_check='raise'": forward(sparsemb.Embedding(v, d, _weight=shared), idx),
+        "sparsemb bounds_check='none'": forward(
+            sparsemb.Embedding(v, d, _weight=shared, bounds_check="none"), idx),
+        "nn.Embedding": forward(torch.nn.Embedding(v, d, _weight=shared), idx),
+        "sparsemb max_norm=1.0": forward(
+            sparsemb.Embedding(v, d, _weight=weight.clone(), max_norm=1.0), idx),
+        "nn.Embedding max_norm=1.0": forward(
+            torch.nn.Embedding(v, d, _weight=weight.clone(), max_norm=1.0), idx),
+    }, args.repeat))  # fmt: skip
 
 
 if __name__ == "__main__":
