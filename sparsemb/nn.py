@@ -7,7 +7,6 @@ own; only validation (clear exceptions instead of asserts) and ``forward`` diffe
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from sparsemb.functional import (
@@ -123,8 +122,4 @@ class Embedding(nn.Embedding):
         )
 
 
-def is_sparsemb_table(module: nn.Module) -> bool:
-    return isinstance(module, Embedding)
-
-
-__all__ = ["Embedding", "is_sparsemb_table", "torch"]
+__all__ = ["Embedding"]
