@@ -109,6 +109,7 @@ def _renorm_kernel(
     weight_ptr,  # (V, D) table, rescaled in place
     rows_ptr,  # (U,) int64 unique rows to renormalize
     n_rows,  # U
+    num_rows,  # V: rows outside [0, V) (possible with bounds_check="none") are left alone
     dim,  # D
     stride_wv,  # elements between rows of the table
     stride_wd,  # elements between columns of the table
@@ -121,8 +122,8 @@ def _renorm_kernel(
 ):
     pid = tl.program_id(0).to(tl.int64)  # int64: row * stride_wv overflows int32 on big tables
     pos = pid * ROWS + tl.arange(0, ROWS).to(tl.int64)
-    live = pos < n_rows
-    rows = tl.load(rows_ptr + pos, mask=live, other=0).to(tl.int64)
+    rows = tl.load(rows_ptr + pos, mask=pos < n_rows, other=0).to(tl.int64)
+    live = (pos < n_rows) & (rows >= 0) & (rows < num_rows)
     base = weight_ptr + rows[:, None] * stride_wv
     acc = tl.zeros((ROWS,), dtype=tl.float32)
     for start in range(0, dim, BLOCK_D):
@@ -160,14 +161,15 @@ def norm_kind(norm_type: float) -> int:
 def renorm_rows_(
     weight: torch.Tensor, unique_rows: torch.Tensor, max_norm: float, norm_type: float, eps: float
 ) -> None:
-    """Rescale in place the given *unique*, in-range rows whose norm exceeds max_norm."""
+    """Rescale in place the given *unique* rows whose norm exceeds max_norm (rows outside the
+    table, which only unchecked input can bring, are skipped rather than written)."""
     n, dim = unique_rows.shape[0], weight.shape[1]
     if n == 0 or dim == 0:
         return
     block_d, rows = launch_shape(dim)
     grid = (triton.cdiv(n, rows),)
     _renorm_kernel[grid](
-        weight, unique_rows, n, dim, weight.stride(0), weight.stride(1),
+        weight, unique_rows, n, weight.shape[0], dim, weight.stride(0), weight.stride(1),
         float(max_norm), float(norm_type), float(eps),
         NORM=norm_kind(norm_type), ROWS=rows, BLOCK_D=block_d,
     )  # fmt: skip

@@ -70,6 +70,7 @@ def _segment_sum_kernel(
     unique_ptr,  # (U,) int64 unique rows (for the dense destination)
     out_ptr,  # (K, D) sparse values or (V, D) dense gradient, contiguous
     n_kept,  # K
+    num_rows,  # V of a dense destination: rows outside [0, V) (unchecked input) are not written
     dim,  # D
     SEGS: tl.constexpr,  # kept rows per program (several when D is small)
     SCALE_BY_FREQ: tl.constexpr,  # divide by the row's count in the batch
@@ -99,6 +100,7 @@ def _segment_sum_kernel(
         acc = acc / count.to(tl.float32)[:, None]
     if DENSE:
         dest = tl.load(unique_ptr + seg, mask=live, other=0).to(tl.int64)
+        live = live & (dest >= 0) & (dest < num_rows)
     else:
         dest = i
     tl.store(
@@ -155,7 +157,8 @@ def _reduce(grad, indices, padding_idx, scale_grad_by_freq, num_weights):
         CHUNKS=chunks_per_program, CHUNK=CHUNK, BLOCK_D=block_d,
     )  # fmt: skip
     _segment_sum_kernel[(triton.cdiv(n_kept, segs_per_program), d_blocks)](
-        partial, seg, chunk_offsets, offsets, unique, out, n_kept, dim, SEGS=segs_per_program,
+        partial, seg, chunk_offsets, offsets, unique, out, n_kept, out.shape[0], dim,
+        SEGS=segs_per_program,
         SCALE_BY_FREQ=scale_grad_by_freq, DENSE=num_weights is not None, BLOCK_D=block_d,
     )  # fmt: skip
     return (unique_kept, out) if num_weights is None else out

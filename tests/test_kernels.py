@@ -116,3 +116,20 @@ def test_offsets_are_int64_past_2_pow_31_elements(triton_backend):
     norms = torch.linalg.vector_norm(weight[rows].float(), dim=1)
     assert ((norms - 1.0).abs() < 0.02).all()
     del weight
+
+
+def test_unchecked_bad_indices_never_write_outside_the_table(triton_backend):
+    """bounds_check="none" makes a bad index undefined in value, never a stray write: the
+    renorm and the dense gradient skip rows outside [0, V)."""
+    storage = torch.randn(14, 4, device=triton_backend.device) * 10
+    weight = storage[:10]  # rows 10..13 lie just past the table
+    beyond = storage[10:].clone()
+    idx = torch.tensor([1, 12, 3, 12, 11], device=triton_backend.device)
+    sparsemb.embedding(idx, weight, max_norm=1.0, bounds_check="none")
+    assert torch.equal(storage[10:], beyond)
+    assert torch.linalg.vector_norm(weight[[1, 3]], dim=1).max() <= 1.0 + 1e-6
+    grad = integer_grad((5, 4), torch.float32, device=triton_backend.device)
+    dense = kernel_module("grad").dense_grad(grad, idx, 10, -1, False)
+    expected = torch.zeros(10, 4, device=triton_backend.device)
+    expected[1], expected[3] = grad[0], grad[2]
+    assert torch.equal(dense, expected)
