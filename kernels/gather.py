@@ -34,7 +34,7 @@ def launch_shape(dim: int) -> tuple[int, int]:
 @triton.jit
 def _gather_kernel(
     weight_ptr,  # (V, D) table, any float dtype, strides (stride_wv, stride_wd)
-    indices_ptr,  # (N,) int32 or int64 rows to read
+    indices_ptr,  # (N,) int32 or int64 rows to read, stride stride_i (0 for expanded input)
     out_ptr,  # (N, D) output, contiguous, weight's dtype
     bad_ptr,  # (1,) int32 flag, set to 1 when an index lies outside [0, V)
     n_indices,  # N
@@ -42,6 +42,7 @@ def _gather_kernel(
     dim,  # D
     stride_wv,  # elements between rows of the table
     stride_wd,  # elements between columns of the table
+    stride_i,  # elements between consecutive indices (a strided or expanded 1-D view)
     CHECK: tl.constexpr,  # fuse the bounds check
     ROWS: tl.constexpr,  # rows per program
     BLOCK_D: tl.constexpr,  # columns per step, a power of two
@@ -50,7 +51,7 @@ def _gather_kernel(
     pid = tl.program_id(0).to(tl.int64)
     pos = pid * ROWS + tl.arange(0, ROWS).to(tl.int64)
     in_batch = pos < n_indices
-    rows = tl.load(indices_ptr + pos, mask=in_batch, other=0).to(tl.int64)
+    rows = tl.load(indices_ptr + pos * stride_i, mask=in_batch, other=0).to(tl.int64)
     valid = in_batch & (rows >= 0) & (rows < num_rows)
     if CHECK:
         bad = tl.max((in_batch & ~valid).to(tl.int32), axis=0)
@@ -84,7 +85,8 @@ def gather(weight: torch.Tensor, indices: torch.Tensor, check_bounds: bool):
     grid = (triton.cdiv(n, rows),)
     _gather_kernel[grid](
         weight, indices, out, bad if bad is not None else out, n, num_rows, dim,
-        weight.stride(0), weight.stride(1), CHECK=check_bounds, ROWS=rows, BLOCK_D=block_d,
+        weight.stride(0), weight.stride(1), indices.stride(0),
+        CHECK=check_bounds, ROWS=rows, BLOCK_D=block_d,
     )  # fmt: skip
     return out, bad
 
@@ -126,10 +128,12 @@ def _renorm_kernel(
     live = (pos < n_rows) & (rows >= 0) & (rows < num_rows)
     base = weight_ptr + rows[:, None] * stride_wv
     acc = tl.zeros((ROWS,), dtype=tl.float32)
+    has_nan = tl.zeros((ROWS,), dtype=tl.int32)
     for start in range(0, dim, BLOCK_D):
         cols = start + tl.arange(0, BLOCK_D).to(tl.int64)
         mask = live[:, None] & (cols < dim)[None, :]
         x = tl.load(base + cols[None, :] * stride_wd, mask=mask, other=0.0).to(tl.float32)
+        has_nan = tl.maximum(has_nan, tl.max((x != x).to(tl.int32), axis=1))
         part = _row_norms(x, p, NORM)
         if NORM == 3:
             acc = tl.maximum(acc, part)
@@ -141,7 +145,9 @@ def _renorm_kernel(
         norm = tl.where(acc > 0, tl.exp(tl.log(tl.where(acc > 0, acc, 1.0)) / p), 0.0)
     else:
         norm = acc
-    over = live & (norm > max_norm)
+    # A row holding NaN has a NaN norm in torch, and NaN > max_norm is false: torch leaves the
+    # row alone. Only NORM_TWO and NORM_ONE propagate NaN through the sums; max and exp/log don't.
+    over = live & (norm > max_norm) & (has_nan == 0)
     scale = max_norm / (norm + eps)
     for start in range(0, dim, BLOCK_D):
         cols = start + tl.arange(0, BLOCK_D).to(tl.int64)

@@ -9,7 +9,7 @@ one per unique row. Long segments (hot rows under Zipf traffic) are split into c
      chunk partials in chunk order, divides by the count (scale_grad_by_freq), and writes the
      row either to position i of the sparse values or to row ``unique[i]`` of a dense gradient.
 Every sum runs in a fixed order, so the result is bit-identical run to run; there are no atomics.
-The padding row is dropped before stage 2. All offsets are int64.
+The padding row and rows outside the table are dropped before stage 2. All offsets are int64.
 """
 
 from __future__ import annotations
@@ -129,23 +129,27 @@ def _segments(indices: torch.Tensor):
     return perm, unique, offsets, chunk_offsets, chunk_start, chunk_end
 
 
-def _reduce(grad, indices, padding_idx, scale_grad_by_freq, num_weights):
-    """Run both stages; ``num_weights`` None gives (unique, values), else the dense gradient."""
+def _reduce(grad, indices, num_weights, padding_idx, scale_grad_by_freq, dense: bool):
+    """Run both stages: the dense (num_weights, D) gradient, or (kept unique rows, values).
+
+    Kept rows are those inside ``[0, num_weights)`` other than the padding row: an index outside
+    the table (possible only with ``bounds_check="none"``) never reaches a gradient, so no
+    optimizer can write outside the table.
+    """
     dim = grad.shape[1]
     grad = grad if grad.stride(-1) == 1 else grad.contiguous()
     perm, unique, offsets, chunk_offsets, chunk_start, chunk_end = _segments(indices)
     seg = torch.arange(unique.numel(), device=grad.device)
+    keep = (unique >= 0) & (unique < num_weights)
     if padding_idx >= 0:
-        keep = unique != padding_idx
-        seg, unique_kept = seg[keep], unique[keep]
-    else:
-        unique_kept = unique
-    if num_weights is None:
-        out = torch.empty(seg.numel(), dim, dtype=grad.dtype, device=grad.device)
-    else:
+        keep &= unique != padding_idx
+    seg, unique_kept = seg[keep], unique[keep]
+    if dense:
         out = torch.zeros(num_weights, dim, dtype=grad.dtype, device=grad.device)
+    else:
+        out = torch.empty(seg.numel(), dim, dtype=grad.dtype, device=grad.device)
     if seg.numel() == 0 or dim == 0:
-        return (unique_kept, out) if num_weights is None else out
+        return out if dense else (unique_kept, out)
     block_d = min(triton.next_power_of_2(dim), MAX_BLOCK_D)
     d_blocks = triton.cdiv(dim, block_d)
     n_chunks, n_kept = chunk_start.numel(), seg.numel()
@@ -159,16 +163,17 @@ def _reduce(grad, indices, padding_idx, scale_grad_by_freq, num_weights):
     _segment_sum_kernel[(triton.cdiv(n_kept, segs_per_program), d_blocks)](
         partial, seg, chunk_offsets, offsets, unique, out, n_kept, out.shape[0], dim,
         SEGS=segs_per_program,
-        SCALE_BY_FREQ=scale_grad_by_freq, DENSE=num_weights is not None, BLOCK_D=block_d,
+        SCALE_BY_FREQ=scale_grad_by_freq, DENSE=dense, BLOCK_D=block_d,
     )  # fmt: skip
-    return (unique_kept, out) if num_weights is None else out
+    return out if dense else (unique_kept, out)
 
 
-def dedup_grad(grad, indices, padding_idx: int, scale_grad_by_freq: bool):
-    """(unique rows ascending, summed gradient rows) without the padding row."""
-    return _reduce(grad, indices, padding_idx, scale_grad_by_freq, None)
+def dedup_grad(grad, indices, num_weights: int, padding_idx: int, scale_grad_by_freq: bool):
+    """(unique rows ascending, summed gradient rows) of the rows inside the table, without the
+    padding row."""
+    return _reduce(grad, indices, num_weights, padding_idx, scale_grad_by_freq, dense=False)
 
 
 def dense_grad(grad, indices, num_weights: int, padding_idx: int, scale_grad_by_freq: bool):
     """The (num_weights, D) gradient: the same reduction written into a zeroed buffer."""
-    return _reduce(grad, indices, padding_idx, scale_grad_by_freq, num_weights)
+    return _reduce(grad, indices, num_weights, padding_idx, scale_grad_by_freq, dense=True)

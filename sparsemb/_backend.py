@@ -48,6 +48,8 @@ def uses_triton(tensor: torch.Tensor) -> bool:
     choice = requested_backend()
     if choice == "torch" or not tensor.dtype.is_floating_point or tensor.dtype == torch.float64:
         return False
+    if tensor.is_meta:  # no data: torch's own ops give the shapes
+        return False
     if choice == "auto":
         return tensor.is_cuda and triton_available()
     if not triton_available():

@@ -22,8 +22,10 @@ from sparsemb._backend import kernel_module, uses_triton
 
 
 def check_index_range(indices: Tensor, num_embeddings: int) -> None:
-    """Raise IndexError naming the first offending value if an index is outside the table."""
-    if indices.numel() == 0:
+    """Raise IndexError naming the first offending value if an index is outside the table.
+
+    Meta tensors hold no values, so there is nothing to check (model init on ``meta``)."""
+    if indices.numel() == 0 or indices.is_meta:
         return
     low, high = torch.aminmax(indices)
     low, high = int(low), int(high)
@@ -41,17 +43,25 @@ def check_index_range(indices: Tensor, num_embeddings: int) -> None:
 def _renorm_impl(
     weight: Tensor, indices: Tensor, max_norm: float, norm_type: float, check_bounds: bool
 ) -> None:
-    """Scale each unique looked-up row with norm > max_norm down to max_norm, in place."""
+    """Scale each unique looked-up row with norm > max_norm down to max_norm, in place.
+
+    The weight's version counter is bumped as by any torch in-place op (the Triton kernel writes
+    behind autograd's back), so a graph that saved the weight before the renorm raises in
+    backward instead of silently using the new values.
+    """
+    if weight.is_meta:
+        return
     if uses_triton(weight):
         unique = torch.unique(indices)
         if check_bounds and unique.numel():
             check_index_range(unique[[0, -1]], weight.shape[0])
         kernels = kernel_module("gather")
         kernels.renorm_rows_(weight, unique, max_norm, norm_type, ref.RENORM_EPS)
-        return
-    if check_bounds:
-        check_index_range(indices, weight.shape[0])
-    ref.renorm_(weight, indices, max_norm, norm_type)
+    else:
+        if check_bounds:
+            check_index_range(indices, weight.shape[0])
+        ref.renorm_(weight, indices, max_norm, norm_type)
+    torch.autograd.graph.increment_version(weight)
 
 
 renorm_ = torch.library.custom_op("sparsemb::renorm_", _renorm_impl, mutates_args=("weight",))
@@ -83,19 +93,20 @@ def _(weight, indices, check_bounds):
 
 
 def _dedup_grad_impl(
-    grad: Tensor, indices: Tensor, padding_idx: int, scale_grad_by_freq: bool
+    grad: Tensor, indices: Tensor, num_weights: int, padding_idx: int, scale_grad_by_freq: bool
 ) -> tuple[Tensor, Tensor]:
     """(unique rows ascending, summed gradient rows) of a lookup; see ``_reference.dedup_grad``."""
+    args = (grad, indices, num_weights, padding_idx, scale_grad_by_freq)
     if uses_triton(grad):
-        return kernel_module("grad").dedup_grad(grad, indices, padding_idx, scale_grad_by_freq)
-    return ref.dedup_grad(grad, indices, padding_idx, scale_grad_by_freq)
+        return kernel_module("grad").dedup_grad(*args)
+    return ref.dedup_grad(*args)
 
 
 dedup_grad = torch.library.custom_op("sparsemb::dedup_grad", _dedup_grad_impl, mutates_args=())
 
 
 @dedup_grad.register_fake
-def _(grad, indices, padding_idx, scale_grad_by_freq):
+def _(grad, indices, num_weights, padding_idx, scale_grad_by_freq):
     unique_count = torch.library.get_ctx().new_dynamic_size()
     unique = indices.new_empty(unique_count, dtype=torch.int64)
     return unique, grad.new_empty(unique_count, grad.shape[1])

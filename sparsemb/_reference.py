@@ -31,7 +31,7 @@ def renorm_scales(norms: Tensor, max_norm: float) -> Tensor:
 
 def renorm_(weight: Tensor, indices: Tensor, max_norm: float, norm_type: float) -> None:
     """Rescale, in place, each unique looked-up row whose norm exceeds max_norm."""
-    rows_ids = torch.unique(indices)
+    rows_ids = torch.unique(indices).to(torch.int64)  # index_copy_ takes int64 only
     if rows_ids.numel() == 0 or weight.shape[1] == 0:
         return
     rows = weight.index_select(0, rows_ids)
@@ -54,22 +54,27 @@ def sorted_segments(indices: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return torch.unique(indices, sorted=True, return_inverse=True, return_counts=True)
 
 
-def drop_padding(unique: Tensor, values: Tensor, padding_idx: int) -> tuple[Tensor, Tensor]:
-    """Remove the padding row (if present) from a deduplicated gradient."""
-    if padding_idx < 0:
+def kept_rows(
+    unique: Tensor, values: Tensor, num_weights: int, padding_idx: int
+) -> tuple[Tensor, Tensor]:
+    """Drop the padding row and any row outside ``[0, num_weights)`` from a deduplicated
+    gradient: unchecked input (``bounds_check="none"``) must never reach an optimizer."""
+    keep = (unique >= 0) & (unique < num_weights)
+    if padding_idx >= 0:
+        keep &= unique != padding_idx
+    if bool(keep.all()):
         return unique, values
-    keep = unique != padding_idx
     return unique[keep], values[keep]
 
 
 def dedup_grad(
-    grad: Tensor, indices: Tensor, padding_idx: int, scale_grad_by_freq: bool
+    grad: Tensor, indices: Tensor, num_weights: int, padding_idx: int, scale_grad_by_freq: bool
 ) -> tuple[Tensor, Tensor]:
     """The deduplicated gradient of a lookup: (unique rows ascending, summed gradient rows).
 
     ``grad`` is (N, D), ``indices`` (N,). Sums run in float32 (float64 for float64), in index
     order, so the result is deterministic; scale_grad_by_freq divides each sum by the row's count
-    in the batch; the padding row (``padding_idx >= 0``) is dropped.
+    in the batch; the padding row (``padding_idx >= 0``) and rows outside the table are dropped.
     """
     unique, inverse, counts = sorted_segments(indices.to(torch.int64))
     acc = accumulation_dtype(grad.dtype)
@@ -77,7 +82,7 @@ def dedup_grad(
     values.index_add_(0, inverse, grad.to(acc))
     if scale_grad_by_freq:
         values /= counts.unsqueeze(1).to(acc)
-    unique, values = drop_padding(unique, values, padding_idx)
+    unique, values = kept_rows(unique, values, num_weights, padding_idx)
     return unique, values.to(grad.dtype)
 
 
@@ -85,7 +90,7 @@ def dense_grad(
     grad: Tensor, indices: Tensor, num_weights: int, padding_idx: int, scale_grad_by_freq: bool
 ) -> Tensor:
     """The dense (num_weights, D) gradient: the deduplicated sums scattered into zeros."""
-    unique, values = dedup_grad(grad, indices, padding_idx, scale_grad_by_freq)
+    unique, values = dedup_grad(grad, indices, num_weights, padding_idx, scale_grad_by_freq)
     out = torch.zeros(num_weights, grad.shape[1], dtype=grad.dtype, device=grad.device)
     return out.index_copy_(0, unique, values)
 

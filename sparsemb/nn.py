@@ -9,28 +9,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from sparsemb.functional import (
-    BOUNDS_CHECKS,
-    check_renorm_args,
-    embedding,
-    normalize_padding_idx,
-)
-
-
-def check_table_args(
-    num_embeddings: int, embedding_dim: int, padding_idx: int | None, _weight: Tensor | None
-) -> None:
-    for name, size in (("num_embeddings", num_embeddings), ("embedding_dim", embedding_dim)):
-        if isinstance(size, bool) or not isinstance(size, int):
-            raise TypeError(f"{name} must be an int, got {type(size).__name__}")
-        if size < 0:
-            raise ValueError(f"{name} must be >= 0, got {size}")
-    normalize_padding_idx(padding_idx, num_embeddings)
-    if _weight is not None and tuple(_weight.shape) != (num_embeddings, embedding_dim):
-        raise ValueError(
-            f"_weight has shape {tuple(_weight.shape)}, expected "
-            f"(num_embeddings, embedding_dim) = ({num_embeddings}, {embedding_dim})"
-        )
+from sparsemb._checks import check_bounds_check, check_renorm_args, check_table_args
+from sparsemb.functional import embedding
 
 
 class Embedding(nn.Embedding):
@@ -58,8 +38,7 @@ class Embedding(nn.Embedding):
     ) -> None:
         check_table_args(num_embeddings, embedding_dim, padding_idx, _weight)
         check_renorm_args(max_norm, norm_type)
-        if bounds_check not in BOUNDS_CHECKS:
-            raise ValueError(f"bounds_check must be one of {BOUNDS_CHECKS}, got {bounds_check!r}")
+        check_bounds_check(bounds_check)
         super().__init__(
             num_embeddings,
             embedding_dim,

@@ -67,5 +67,5 @@ def test_ops_pass_opcheck():
     torch.library.opcheck(_ops.dense_grad_backward, (weight, idx, -1, False))
     torch.library.opcheck(_ops.renorm_, (weight.clone(), idx, 1.0, 2.0, True))
     torch.library.opcheck(
-        _ops.dedup_grad, (grad, idx, -1, False), test_utils=("test_schema", "test_faketensor")
+        _ops.dedup_grad, (grad, idx, 100, -1, False), test_utils=("test_schema", "test_faketensor")
     )

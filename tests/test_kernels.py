@@ -45,8 +45,8 @@ def test_wide_rows(triton_backend, dim, dtype):
     torch.testing.assert_close(weight, expected_weight, atol=atol, rtol=rtol)
     out, _ = kernel_module("gather").gather(weight, idx, False)
     assert torch.equal(out, weight[idx])
-    unique, values = kernel_module("grad").dedup_grad(grad, idx, -1, False)
-    ref_unique, ref_values = ref.dedup_grad(grad, idx, -1, False)
+    unique, values = kernel_module("grad").dedup_grad(grad, idx, 6, -1, False)
+    ref_unique, ref_values = ref.dedup_grad(grad, idx, 6, -1, False)
     assert torch.equal(unique, ref_unique) and torch.equal(values, ref_values)
 
 
@@ -73,8 +73,8 @@ def test_long_segments_are_split_and_summed_in_order(triton_backend, chunked):
     idx[::7] = 9
     grad = integer_grad((n, 5), torch.float32, device=triton_backend.device)
     for padding_idx in (-1, 9):
-        unique, values = kernel_module("grad").dedup_grad(grad, idx, padding_idx, True)
-        ref_unique, ref_values = ref.dedup_grad(grad, idx, padding_idx, True)
+        unique, values = kernel_module("grad").dedup_grad(grad, idx, 10, padding_idx, True)
+        ref_unique, ref_values = ref.dedup_grad(grad, idx, 10, padding_idx, True)
         assert torch.equal(unique, ref_unique)
         torch.testing.assert_close(values, ref_values, atol=1e-6, rtol=1e-6)
 

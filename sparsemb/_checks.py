@@ -1,0 +1,88 @@
+"""Argument checks for the lookup and the table, in one place.
+
+Each raises a clear Python exception (TypeError for a wrong kind of value, ValueError for a wrong
+value) before any op runs, so a rejected call leaves the weight and optimizer state untouched.
+Index *ranges* are checked inside the ops (``_ops.check_index_range``), where the values are.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+INDEX_DTYPES = (torch.int32, torch.int64)
+BOUNDS_CHECKS = ("raise", "none")
+
+
+def normalize_padding_idx(padding_idx: int | None, num_embeddings: int) -> int:
+    """Map padding_idx (None, negative or not) to a row number, or -1 for none."""
+    if padding_idx is None:
+        return -1
+    if isinstance(padding_idx, bool) or not isinstance(padding_idx, int):
+        raise TypeError(f"padding_idx must be an int or None, got {type(padding_idx).__name__}")
+    if not -num_embeddings <= padding_idx < num_embeddings:
+        raise ValueError(
+            f"padding_idx={padding_idx} must be within num_embeddings={num_embeddings} "
+            f"(in [{-num_embeddings}, {num_embeddings - 1}])"
+        )
+    return padding_idx + num_embeddings if padding_idx < 0 else padding_idx
+
+
+def check_renorm_args(max_norm: float | None, norm_type: float) -> None:
+    if max_norm is not None and not max_norm > 0:
+        raise ValueError(f"max_norm must be > 0, got {max_norm}")
+    if not norm_type > 0:
+        raise ValueError(f"norm_type must be > 0, got {norm_type}")
+
+
+def check_bounds_check(bounds_check: str) -> None:
+    if bounds_check not in BOUNDS_CHECKS:
+        raise ValueError(f"bounds_check must be one of {BOUNDS_CHECKS}, got {bounds_check!r}")
+
+
+def check_lookup_args(
+    input: Tensor, weight: Tensor, max_norm: float | None, norm_type: float, bounds_check: str
+) -> None:
+    """Everything about a lookup that can be checked without reading index values."""
+    if not isinstance(input, Tensor):
+        raise TypeError(f"indices must be a torch.Tensor, got {type(input).__name__}")
+    if not isinstance(weight, Tensor):
+        raise TypeError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
+    if input.dtype not in INDEX_DTYPES:
+        raise TypeError(
+            f"indices must be an integer tensor of dtype torch.int64 or torch.int32, "
+            f"got {input.dtype}"
+        )
+    if weight.dim() != 2:
+        raise ValueError(
+            f"weight must be 2-D (num_embeddings, embedding_dim), got {weight.dim()}-D"
+        )
+    if input.device != weight.device:
+        raise ValueError(
+            f"indices are on {input.device} but the weight is on {weight.device}; "
+            "move them to the same device"
+        )
+    check_bounds_check(bounds_check)
+    check_renorm_args(max_norm, norm_type)
+    if max_norm is not None and not weight.is_floating_point():
+        raise TypeError(
+            f"max_norm renormalizes rows in place and needs a floating-point weight, got "
+            f"{weight.dtype}"
+        )
+
+
+def check_table_args(
+    num_embeddings: int, embedding_dim: int, padding_idx: int | None, _weight: Tensor | None
+) -> None:
+    """The constructor's sizes, padding_idx and ``_weight`` shape."""
+    for name, size in (("num_embeddings", num_embeddings), ("embedding_dim", embedding_dim)):
+        if isinstance(size, bool) or not isinstance(size, int):
+            raise TypeError(f"{name} must be an int, got {type(size).__name__}")
+        if size < 0:
+            raise ValueError(f"{name} must be >= 0, got {size}")
+    normalize_padding_idx(padding_idx, num_embeddings)
+    if _weight is not None and tuple(_weight.shape) != (num_embeddings, embedding_dim):
+        raise ValueError(
+            f"_weight has shape {tuple(_weight.shape)}, expected "
+            f"(num_embeddings, embedding_dim) = ({num_embeddings}, {embedding_dim})"
+        )
