@@ -18,6 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
+from sparsemb.kernels.launch import tile_for
 from sparsemb.kernels.rounding import round_nearest
 
 CHUNK = 32  # gradient rows one stage-1 program sums
@@ -150,11 +151,10 @@ def _reduce(grad, indices, num_weights, padding_idx, scale_grad_by_freq, dense: 
         out = torch.empty(seg.numel(), dim, dtype=grad.dtype, device=grad.device)
     if seg.numel() == 0 or dim == 0:
         return out if dense else (unique_kept, out)
-    block_d = min(triton.next_power_of_2(dim), MAX_BLOCK_D)
+    block_d, segs_per_program = tile_for(dim, max_block_d=MAX_BLOCK_D, elements=TILE_ELEMENTS)
+    chunks_per_program = max(1, segs_per_program // CHUNK)
     d_blocks = triton.cdiv(dim, block_d)
     n_chunks, n_kept = chunk_start.numel(), seg.numel()
-    chunks_per_program = max(1, TILE_ELEMENTS // (CHUNK * block_d))
-    segs_per_program = max(1, TILE_ELEMENTS // block_d)
     partial = torch.empty(n_chunks, dim, dtype=torch.float32, device=grad.device)
     _chunk_sum_kernel[(triton.cdiv(n_chunks, chunks_per_program), d_blocks)](
         grad, perm, chunk_start, chunk_end, partial, n_chunks, dim, grad.stride(0),

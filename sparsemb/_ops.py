@@ -55,7 +55,7 @@ def _renorm_impl(
         unique = torch.unique(indices)
         if check_bounds and unique.numel():
             check_index_range(unique[[0, -1]], weight.shape[0])
-        kernels = kernel_module("gather")
+        kernels = kernel_module("renorm")
         kernels.renorm_rows_(weight, unique, max_norm, norm_type, ref.RENORM_EPS)
     else:
         if check_bounds:
