@@ -368,7 +368,9 @@ MALFORMED = [
     ("word2vec", b"1 2\na 1 2\nb 3 4\n", "line 3", "more vectors than the header's count of 1"),
     ("word2vec", b"2 2\na 1 2\nb 3 4 5\n", "line 3", "expected 2 (the dimension in the header)"),
     ("word2vec", b"1 2\n\xff\xfe 1 2\n", "line 2", "is not valid utf-8"),
-    ("word2vec_binary", b"2 2\n", "record 1", "truncated: the file ends before it"),
+    ("word2vec_binary", b"2 2\n", "line 1", "truncated or wrong header: a vector of "
+     "dimension 2 needs at least 10 bytes, the file holds at most 0 after the header"),
+    ("word2vec_binary", b"2 2\n" + b"\n" * 10, "record 1", "truncated: the file ends before it"),
     ("word2vec_binary", BIN_OK[:-6], "record 2", "truncated: 'cd' needs 8 bytes of float32, the "
      "file ends after 3"),
     ("word2vec_binary", BIN_OK[:-10], "record 2", "file ends inside its word"),
