@@ -79,14 +79,14 @@ def _room(path: str | os.PathLike, raw: io.BufferedReader, used: int) -> int:
 def _check_dim(path, count: int, dim: int, binary: bool, room: int) -> None:
     """Reject a header whose dimension the file cannot back: one record needs at least
     ``4 dim + 2`` bytes (binary) or ``2 dim + 1`` (text: a word and ``dim`` one-digit values),
-    and a text record must also fit in a line (``MAX_LINE_BYTES``)."""
+    and a text record (or any record of an empty file) must fit in ``MAX_LINE_BYTES``."""
     if dim < 1:
         raise VectorFormatError(path, f"bad header: dimension {dim}", line=1)
     need = 4 * dim + 2 if binary else 2 * dim + 1
-    if not binary and need > MAX_LINE_BYTES:
+    if (not binary or not count) and need > MAX_LINE_BYTES:  # with no vector, nothing backs it
         raise VectorFormatError(
-            path, f"bad header: dimension {dim} needs lines over the {MAX_LINE_BYTES}-byte "
-            "limit (sparsemb._vector_formats.MAX_LINE_BYTES)", line=1,
+            path, f"bad header: dimension {dim} needs records over the {MAX_LINE_BYTES}-byte "
+            "line limit (sparsemb._vector_formats.MAX_LINE_BYTES)", line=1,
         )
     if count and need > room:
         raise VectorFormatError(
