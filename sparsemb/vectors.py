@@ -556,7 +556,9 @@ class _CacheEntry:
             return None  # no entry: the usual miss
         except (OSError, ValueError) as exc:
             return self._corrupt(exc)
-        if not isinstance(meta, dict) or meta.get("version") != CACHE_VERSION:
+        if not isinstance(meta, dict):
+            return self._corrupt(ValueError(f"a JSON {type(meta).__name__}, not an object"))
+        if meta.get("version") != CACHE_VERSION:
             return None  # another version's entry; the next store replaces it
         try:
             _check_meta(meta)
