@@ -284,7 +284,8 @@ class VectorReader:
                 yield pending
         if self._done():
             return
-        wanted, dim, count, path, stream = self.wanted, self.dim, self.count, self.path, self._stream
+        wanted, dim, count, path = self.wanted, self.dim, self.count, self.path
+        stream = self._stream
         encoding, errors, fromstring, f32 = self.encoding, self.errors, np.fromstring, np.float32
         lineno = self._lineno
         while line := _read_line(stream, path, lineno + 1):
