@@ -18,11 +18,12 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import uuid
+import zlib
 from collections.abc import Container, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 FORMATS = ("auto", "glove", "word2vec", "word2vec_binary", "fasttext")
 _CANONICAL = {"glove": "glove", "word2vec": "word2vec", "fasttext": "word2vec",
@@ -31,7 +32,9 @@ _BOM = b"\xef\xbb\xbf"
 _CHUNK = 1 << 20  # bytes read at a time from binary files
 _TICK_LINES = 1 << 13  # lines between progress-bar updates (a tell() is not free)
 PROGRESS_MIN_BYTES = 8 << 20  # smaller files load without a progress bar
-_MAX_LINE = 64 << 20  # a first line longer than this is not a header or a vector
+MAX_LINE_BYTES = 1 << 20  # a text line longer than this is rejected, not parsed (see below)
+_DEFLATE_MAX_RATIO = 1032  # deflate expands a byte into at most this many
+_GZIP_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile)
 
 
 class VectorFormatError(ValueError):
@@ -63,6 +66,35 @@ def _open_bytes(path: str | os.PathLike) -> tuple[io.BufferedReader, io.Buffered
     return raw, raw
 
 
+def _room(path: str | os.PathLike, raw: io.BufferedReader, used: int) -> int:
+    """The most bytes that can follow the first ``used`` bytes of data: what is left of the
+    file, or for ``.gz`` what deflate could expand the whole file into. Headers are checked
+    against it before anything is sized by them."""
+    size = os.fstat(raw.fileno()).st_size
+    if str(path).endswith(".gz"):
+        return size * _DEFLATE_MAX_RATIO
+    return size - used
+
+
+def _check_dim(path, count: int, dim: int, binary: bool, room: int) -> None:
+    """Reject a header whose dimension the file cannot back: one record needs at least
+    ``4 dim + 2`` bytes (binary) or ``2 dim + 1`` (text: a word and ``dim`` one-digit values),
+    and a text record (or any record of an empty file) must fit in ``MAX_LINE_BYTES``."""
+    if dim < 1:
+        raise VectorFormatError(path, f"bad header: dimension {dim}", line=1)
+    need = 4 * dim + 2 if binary else 2 * dim + 1
+    if (not binary or not count) and need > MAX_LINE_BYTES:  # with no vector, nothing backs it
+        raise VectorFormatError(
+            path, f"bad header: dimension {dim} needs records over the {MAX_LINE_BYTES}-byte "
+            "line limit (sparsemb._vector_formats.MAX_LINE_BYTES)", line=1,
+        )
+    if count and need > room:
+        raise VectorFormatError(
+            path, f"truncated or wrong header: a vector of dimension {dim} needs at least "
+            f"{need} bytes, the file holds at most {room} after the header", line=1,
+        )
+
+
 def _header(line: bytes) -> tuple[int, int] | None:
     """``(count, dim)`` when ``line`` is a word2vec header (two non-negative integers)."""
     parts = line.split()
@@ -79,27 +111,70 @@ def _is_number(token: bytes) -> bool:
     return b"_" not in token  # float() takes "1_0"; numpy's parser does not
 
 
+def _split_record(tokens: list[bytes], dim: int) -> tuple[list[bytes], list[bytes]] | None:
+    """(word fields, value fields) of a whitespace-split line: the vector is the last ``dim``
+    fields, the word everything before them (glove.840B has words with spaces, ``new york``).
+    None when that reading fails: too few fields, or a number just before the last ``dim``."""
+    if len(tokens) == dim + 1:
+        return tokens[:1], tokens[1:]
+    if len(tokens) > dim + 1 and not _is_number(tokens[-dim - 1]):
+        return tokens[:-dim], tokens[-dim:]
+    return None
+
+
+def _trailing_numbers(tokens: list[bytes]) -> int:
+    """GloVe's dimension, read off its first line: the number of numeric fields at its end,
+    leaving at least one field for the word."""
+    n = 0
+    while n < len(tokens) - 1 and _is_number(tokens[-1 - n]):
+        n += 1
+    return n
+
+
+def _read_line(stream, path, lineno: int) -> bytes:
+    """The next line (b"" at the end), refusing one over ``MAX_LINE_BYTES`` before it is held
+    whole: no real vector line comes near it, and a hostile one would cost its length many
+    times over."""
+    line = stream.readline(MAX_LINE_BYTES + 1)
+    if len(line) > MAX_LINE_BYTES:
+        raise VectorFormatError(
+            path, f"longer than {MAX_LINE_BYTES} bytes: not a vector record (raise "
+            "sparsemb._vector_formats.MAX_LINE_BYTES to read it)", line=lineno,
+        )
+    return line
+
+
+def _gzip_error(path, exc: BaseException) -> VectorFormatError:
+    return VectorFormatError(path, f"corrupt or truncated gzip data ({type(exc).__name__}: {exc})")
+
+
 def sniff_format(path: str | os.PathLike) -> str:
     """Guess ``glove`` / ``word2vec`` / ``word2vec_binary`` from the first two records.
 
-    A first line of two integers is a word2vec header; the record after it is text when it splits
-    into a word and ``dim`` numbers, binary otherwise. Without that header the file is GloVe (so
-    a GloVe file of 1-D vectors whose first word is an integer needs ``format="glove"``).
+    A first line of two integers is a word2vec header; the first non-blank record after it is
+    text when it splits into a word and ``dim`` numbers, binary otherwise. Without that header
+    the file is GloVe (so a GloVe file of 1-D vectors whose first word is an integer needs
+    ``format="glove"``).
     """
     raw, stream = _open_bytes(path)
-    with raw, stream:
-        first = stream.readline(1 << 16)
-        if first.startswith(_BOM):
-            first = first[len(_BOM):]
-        header = _header(first)
-        if header is None:
-            if not first.strip():
-                raise VectorFormatError(path, "the file is empty", line=1)
-            return "glove"
-        count, dim = header
-        if count == 0 or dim == 0:
-            return "word2vec"
-        probe = stream.read(max(1 << 16, 48 * dim)).split(b"\n", 1)[0]
+    try:
+        with raw, stream:
+            first = _read_line(stream, path, 1)
+            if first.startswith(_BOM):
+                first = first[len(_BOM):]
+            header = _header(first)
+            if header is None:
+                if not first.strip():
+                    raise VectorFormatError(path, "the file is empty", line=1)
+                return "glove"
+            count, dim = header
+            if count == 0 or dim == 0:
+                return "word2vec"
+            probe = stream.read(min(max(1 << 16, 48 * dim), MAX_LINE_BYTES))
+    except _GZIP_ERRORS as exc:
+        raise _gzip_error(path, exc) from exc
+    # blank lines after a header are text (a binary record starts with its word)
+    probe = probe.lstrip(b" \t\r\n").split(b"\n", 1)[0]
     tokens = probe.split()
     if len(tokens) > dim and all(_is_number(t) for t in tokens[-dim:]):
         return "word2vec"
@@ -127,31 +202,37 @@ class VectorReader:
         progress: bool = True,
     ) -> None:
         fmt = canonical_format(format)
+        if limit is not None and limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
         self.path = str(path)
         self.format = sniff_format(path) if fmt == "auto" else fmt
         self.wanted, self.encoding, self.errors = wanted, encoding, errors
-        if limit is not None and limit < 0:
-            raise ValueError(f"limit must be >= 0, got {limit}")
         self.limit = limit
         self.count: int | None = None  # records announced by a word2vec header
         self.records = 0  # records read so far, wanted or not
         self._pending: tuple[str, np.ndarray] | None = None  # GloVe's first record
         self._raw, self._stream = _open_bytes(path)
-        size = os.fstat(self._raw.fileno()).st_size
-        self._bar = tqdm(
-            total=size, unit="B", unit_scale=True, unit_divisor=1024, desc=Path(path).name,
-            disable=not progress or size < PROGRESS_MIN_BYTES, leave=False,
-        )
-        self._seen = 0
+        self._bar = None
         try:
+            size = os.fstat(self._raw.fileno()).st_size
+            if progress and size >= PROGRESS_MIN_BYTES:
+                from tqdm.auto import tqdm  # lazily: importing tqdm.auto takes a while
+
+                self._bar = tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024,
+                                 desc=Path(path).name, leave=False)
+            self._seen = 0
             self._read_head()
+        except _GZIP_ERRORS as exc:
+            self.close()
+            raise _gzip_error(self.path, exc) from exc
         except BaseException:
             self.close()
             raise
 
     # -- setup ------------------------------------------------------------------------------
     def _read_head(self) -> None:
-        first = self._stream.readline(_MAX_LINE)
+        first = _read_line(self._stream, self.path, 1)
+        used = len(first)
         if first.startswith(_BOM):
             first = first[len(_BOM):]
         if not first.strip():
@@ -164,7 +245,8 @@ class VectorReader:
                 raise VectorFormatError(
                     self.path, f"expected 'word v1 v2 ...', got {_show(first)}", line=1
                 )
-            self.dim = len(tokens) - 1
+            # the numeric fields at the end; none: report the first bad value (_diagnose)
+            self.dim = _trailing_numbers(tokens) or len(tokens) - 1
             self._dim_source = "the dimension set by line 1"
             word, vec = self._diagnose(first, 1)  # checks every value of the first line
             self.records = 1
@@ -180,15 +262,17 @@ class VectorReader:
                 line=1,
             )
         self.count, self.dim = header
-        if self.dim < 1:
-            raise VectorFormatError(self.path, f"bad header: dimension {self.dim}", line=1)
+        binary = self.format == "word2vec_binary"
+        _check_dim(self.path, self.count, self.dim, binary, _room(self.path, self._raw, used))
         self._dim_source = "the dimension in the header"
 
     # -- iteration --------------------------------------------------------------------------
     def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
-        if self.format == "word2vec_binary":
-            return self._iter_binary()
-        return self._iter_text()
+        records = self._iter_binary() if self.format == "word2vec_binary" else self._iter_text()
+        try:
+            yield from records
+        except _GZIP_ERRORS as exc:
+            raise _gzip_error(self.path, exc) from exc
 
     def _done(self) -> bool:
         return self.limit is not None and self.records >= self.limit
@@ -200,33 +284,39 @@ class VectorReader:
                 yield pending
         if self._done():
             return
-        wanted, dim, count = self.wanted, self.dim, self.count
+        wanted, dim, count, path = self.wanted, self.dim, self.count, self.path
+        stream = self._stream
         encoding, errors, fromstring, f32 = self.encoding, self.errors, np.fromstring, np.float32
         lineno = self._lineno
-        for lineno, line in enumerate(self._stream, start=self._lineno + 1):  # noqa: B007
+        while line := _read_line(stream, path, lineno + 1):
+            lineno += 1
             if not lineno % _TICK_LINES:
                 self._tick()
-            space = line.find(b" ")
-            if space > 0:
+            body = line.rstrip()
+            if not body:
+                continue  # blank (or whitespace-only) lines are not records
+            space = body.find(b" ")
+            raw_word = body[:space]
+            # The fast path: one space after the word and between values, nothing else
+            # (C word2vec's trailing space and CRLF are stripped above).
+            if space > 0 and body.count(b" ") == dim and len(raw_word.split()) == 1:
                 try:
-                    word = line[:space].decode(encoding, errors)
+                    word = raw_word.decode(encoding, errors)
                 except UnicodeDecodeError as exc:
                     raise self._decode_error(exc, lineno) from exc
                 if wanted is not None and word not in wanted:
                     vec = None
                 else:
-                    rest = line[space + 1:]
                     try:
-                        vec = fromstring(rest, dtype=f32, sep=" ")
+                        vec = fromstring(body[space + 1:], dtype=f32, sep=" ")
                     except ValueError:
                         vec = None
-                    # numpy parses a whitespace-only string as [-1.0]: guard the 1-D case.
-                    if vec is None or vec.size != dim or (dim == 1 and not rest.strip()):
-                        word, vec = self._diagnose(line, lineno)
-            elif not line.strip():
-                continue  # blank lines are not records
+                    if vec is None or vec.size != dim:
+                        word, vec = self._diagnose(body, lineno)
+            elif wanted is None or self._maybe_wanted(body, lineno):
+                word, vec = self._diagnose(body, lineno)
             else:
-                word, vec = self._diagnose(line, lineno)
+                vec = None
             self.records += 1
             if count is not None and self.records > count:
                 raise VectorFormatError(
@@ -244,6 +334,18 @@ class VectorReader:
                 f"truncated: the header announces {count} vectors, the file has {self.records}",
                 line=lineno + 1,
             )
+
+    def _maybe_wanted(self, body: bytes, lineno: int) -> bool:
+        """Whether an irregular line (tabs, runs of spaces, a word with spaces, a wrong field
+        count) may hold a wanted word: its first field or its word as ``_split_record`` reads
+        it. Such lines are checked in full; the others are skipped unparsed."""
+        tokens = body.split()
+        split = _split_record(tokens, self.dim)
+        candidates = {tokens[0]} if split is None else {tokens[0], b" ".join(split[0])}
+        try:
+            return any(w.decode(self.encoding, self.errors) in self.wanted for w in candidates)
+        except UnicodeDecodeError as exc:
+            raise self._decode_error(exc, lineno) from exc
 
     def _iter_binary(self) -> Iterator[tuple[str, np.ndarray]]:
         count, dim, wanted = self.count, self.dim, self.wanted
@@ -324,18 +426,16 @@ class VectorReader:
         valid after all (tabs, runs of spaces, a word containing spaces as in glove.840B), or
         raise the error that names what is wrong."""
         tokens, dim = line.split(), self.dim
-        values = len(tokens) - 1
-        if values > dim and not _is_number(tokens[-dim - 1]):
-            head, tail = tokens[:-dim], tokens[-dim:]  # a word with spaces in it
-        elif values == dim:
-            head, tail = tokens[:1], tokens[1:]
-        else:
+        split = _split_record(tokens, dim)
+        if split is None:
+            values = len(tokens) - 1
             got = f"{values} value" + ("" if values == 1 else "s")
             raise VectorFormatError(
                 self.path, f"wrong dimension: {got} after the word, expected {dim} "
                 f"({self._dim_source}): {_show(line)}",
                 line=lineno,
             )
+        head, tail = split
         for field, token in enumerate(tail, start=len(head) + 1):
             if not _is_number(token):
                 raise VectorFormatError(
@@ -358,14 +458,15 @@ class VectorReader:
 
     # -- progress and cleanup ---------------------------------------------------------------
     def _tick(self) -> None:
-        if self._bar.disable:
+        if self._bar is None:
             return
         pos = self._raw.tell()
         self._bar.update(pos - self._seen)
         self._seen = pos
 
     def close(self) -> None:
-        self._bar.close()
+        if self._bar is not None:
+            self._bar.close()
         if self._stream is not self._raw:
             self._stream.close()
         self._raw.close()
@@ -437,7 +538,9 @@ def write_vectors(
     if dim < 1:
         raise ValueError("vectors need at least one dimension")
     opener = gzip.open if str(path).endswith(".gz") else open
-    tmp = f"{path}.tmp{os.getpid()}"
+    tmp = f"{path}.tmp{uuid.uuid4().hex}"  # unique per writer, threads included
+    from tqdm.auto import tqdm  # lazily: importing tqdm.auto takes a while
+
     bar = tqdm(total=rows, unit="vec", desc=Path(path).name, leave=False,
                disable=not progress or rows * dim < PROGRESS_MIN_BYTES // 8)
     try:

@@ -7,8 +7,9 @@
 Rows follow the user's vocabulary (or the file's order when none is given). Vocabulary words the
 file lacks get a documented initial value (``missing``); the ``pad_token`` row is zeros. Files
 are streamed (see ``sparsemb._vector_formats``) and the result is cached as a memory-mapped
-``.npy`` plus a JSON word list, keyed by the file's path, size and mtime and every option, so
-loading the same file the same way again takes a fraction of a second.
+``.npy`` plus a JSON word list, keyed by the file's identity (path, inode, size, mtime, ctime and
+a hash of its first and last MiB) and every option, so loading the same file the same way again
+takes a fraction of a second.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import hashlib
 import json
 import os
 import re
+import uuid
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,7 +34,8 @@ from sparsemb._vector_formats import FORMATS, VectorFormatError, VectorReader
 from sparsemb.nn import Embedding
 
 MISSING_RULES = ("normal", "zeros", "mean")
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+_HASH_BYTES = 1 << 20  # the cache key hashes this much of the file's head and of its tail
 _BLOCK_BYTES = 64 << 20  # all-words loads collect rows in blocks of about this size
 
 __all__ = [
@@ -125,12 +128,14 @@ def load_vectors(
     missing: the vector of a row the file lacks. ``normal``: drawn from N(0, s^2), s the std of
         all values read from the file (1 when none was found), seeded by ``seed``; ``zeros``;
         ``mean``: the mean of the vectors read.
-    pad_token: this word's row, if the table has one, is zeros (``Vectors.padding_idx``).
+    pad_token: this word's row, if the table has one, is zeros (``Vectors.padding_idx``);
+        a warning says when that replaces a vector from the file (pass None to keep it).
     max_words: read only the first ``max_words`` vectors of the file (files list frequent words
         first).
     cache: True keeps the result under ``default_cache_dir()``, a path keeps it in that
         directory (e.g. the one holding the file), False reads the file every time. An entry is
-        reused only for the same file (path, size, mtime) and options, and memory-mapped
+        reused only for the same file (path, inode, size, mtime, ctime, and a hash of its
+        first and last MiB) and options, and memory-mapped
         copy-on-write, so training a table built from it never writes to the cache.
     progress: a byte-count progress bar on stderr while reading files over 8 MiB.
     encoding, errors: how the words' bytes are decoded (see ``bytes.decode``).
@@ -145,13 +150,12 @@ def load_vectors(
     if max_words is not None and max_words < 0:
         raise ValueError(f"max_words must be >= 0, got {max_words}")
     layout = _Layout(vocab, specials)
-    stat = os.stat(path)
     options = {
         "format": format, "vocab": layout.digest, "specials": layout.specials_key,
         "missing": missing, "pad_token": pad_token, "max_words": max_words, "seed": seed,
         "encoding": encoding, "errors": errors,
     }
-    entry = _CacheEntry(cache, path, stat, options) if cache is not False else None
+    entry = _CacheEntry(cache, path, options) if cache is not False else None
     if entry is not None:
         hit = entry.load()
         if hit is not None:
@@ -170,6 +174,12 @@ def load_vectors(
     padding_idx = index.get(pad_token) if pad_token is not None else None
     missing_rows = np.flatnonzero(~found)
     if padding_idx is not None:
+        if found[padding_idx]:
+            warnings.warn(
+                f"{path} has a vector for {pad_token!r}; pad_token={pad_token!r} sets its row "
+                "to zeros (pass pad_token=None to keep the file's vector)",
+                stacklevel=2,
+            )
         missing_rows = missing_rows[missing_rows != padding_idx]
         array[padding_idx] = 0
         found[padding_idx] = False  # the padding row is neither found nor missing
@@ -485,14 +495,53 @@ def _words_and_array(words, weight) -> tuple[Sequence[str], np.ndarray]:
 
 
 # -- cache -----------------------------------------------------------------------------------
-class _CacheEntry:
-    """``<dir>/<file name>-<path hash>-<key>.npy`` + ``.json``; the key covers the file's path,
-    size and mtime and every option. Storing an entry removes this file's stale entries."""
+def _file_identity(path: str) -> dict:
+    """What the cache trusts to tell a file from its rewrite: its inode, size, mtime and ctime
+    (``cp -p``, ``rsync -t`` and ``touch -d`` keep size and mtime, but a rewrite changes the
+    ctime and usually the inode), plus a hash of its first and last MiB."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        stat = os.fstat(f.fileno())
+        digest.update(f.read(_HASH_BYTES))
+        if stat.st_size > _HASH_BYTES:
+            f.seek(max(_HASH_BYTES, stat.st_size - _HASH_BYTES))
+            digest.update(f.read(_HASH_BYTES))
+    return {
+        "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "ctime_ns": stat.st_ctime_ns,
+        "inode": stat.st_ino, "device": stat.st_dev, "head_tail_sha256": digest.hexdigest(),
+    }
 
-    def __init__(self, cache, path: str, stat: os.stat_result, options: dict) -> None:
+
+_META_TYPES = {
+    "version": int, "source": str, "stat": dict, "path": (str, type(None)),
+    "format": (str, type(None)), "dim": int, "found": int, "missing_words": list,
+    "padding_idx": (int, type(None)), "words": list,
+}
+
+
+def _check_meta(meta) -> None:
+    """Raise ValueError unless ``meta`` has every key of an entry with the right types."""
+    if not isinstance(meta, dict):
+        raise ValueError(f"expected a JSON object, got {type(meta).__name__}")
+    for key, kind in _META_TYPES.items():
+        if key not in meta:
+            raise ValueError(f"no {key!r}")
+        if not isinstance(meta[key], kind) or isinstance(meta[key], bool):
+            raise ValueError(f"{key!r} is {type(meta[key]).__name__}")
+    for key in ("words", "missing_words"):
+        if not all(isinstance(word, str) for word in meta[key]):
+            raise ValueError(f"{key!r} holds a non-string")
+
+
+class _CacheEntry:
+    """``<dir>/<file name>-<path hash>-<key>.npy`` + ``.json``; the key covers the file's path
+    and identity (``_file_identity``) and every option. Storing an entry removes this file's
+    stale entries; an unreadable entry is ignored with a warning and rewritten."""
+
+    def __init__(self, cache, path: str, options: dict) -> None:
         self.dir = default_cache_dir() if cache is True else Path(cache)
         self.source = os.path.abspath(path)
-        self.stat = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        self.stat = _file_identity(path)
         key = _digest([CACHE_VERSION, self.source, self.stat, options])[:20]
         stem = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(path).name)[:80]
         self.prefix = f"{stem}-{_digest(self.source)[:8]}-"
@@ -503,14 +552,27 @@ class _CacheEntry:
         try:
             with open(self.meta, encoding="utf-8") as f:
                 meta = json.load(f)
-            if meta.get("version") != CACHE_VERSION or meta.get("stat") != self.stat:
+        except FileNotFoundError:
+            return None  # no entry: the usual miss
+        except (OSError, ValueError) as exc:
+            return self._corrupt(exc)
+        if not isinstance(meta, dict):
+            return self._corrupt(ValueError(f"a JSON {type(meta).__name__}, not an object"))
+        if meta.get("version") != CACHE_VERSION:
+            return None  # another version's entry; the next store replaces it
+        try:
+            _check_meta(meta)
+            if meta["stat"] != self.stat or meta["source"] != self.source:
                 return None
             rows = len(meta["words"])
-            array = np.load(self.npy, mmap_mode="c" if rows else None)
-        except (OSError, ValueError, KeyError):
-            return None
-        if array.shape != (rows, meta["dim"]) or array.dtype != np.float32:
-            return None
+            array = np.load(self.npy, mmap_mode="c" if rows else None, allow_pickle=False)
+            if array.shape != (rows, meta["dim"]) or array.dtype != np.float32:
+                raise ValueError(f"array of shape {array.shape} and dtype {array.dtype}")
+            padding_idx = meta["padding_idx"]
+            if padding_idx is not None and not 0 <= padding_idx < rows:
+                raise ValueError(f"padding_idx {padding_idx} outside {rows} rows")
+        except (OSError, ValueError) as exc:
+            return self._corrupt(exc)
         words = meta["words"]
         return Vectors(
             words=words,
@@ -521,9 +583,16 @@ class _CacheEntry:
             dim=meta["dim"],
             path=meta["path"],
             format=meta["format"],
-            padding_idx=meta["padding_idx"],
+            padding_idx=padding_idx,
             from_cache=True,
         )
+
+    def _corrupt(self, exc: Exception) -> None:
+        warnings.warn(
+            f"ignoring the unreadable cache entry {self.meta} ({exc}); reading the file again",
+            stacklevel=4,
+        )
+        return None
 
     def store(self, vectors: Vectors, array: np.ndarray) -> None:
         meta = {
@@ -532,7 +601,7 @@ class _CacheEntry:
             "found": vectors.found, "missing_words": vectors.missing_words,
             "padding_idx": vectors.padding_idx, "words": vectors.words,
         }
-        tmp = f".tmp{os.getpid()}"
+        tmp = f".tmp{uuid.uuid4().hex}"  # unique per writer: processes and threads
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             with open(str(self.npy) + tmp, "wb") as f:
@@ -556,7 +625,8 @@ class _CacheEntry:
             try:
                 with open(other, encoding="utf-8") as f:
                     meta = json.load(f)
-                if meta.get("source") == self.source and meta.get("stat") == self.stat:
+                if (isinstance(meta, dict) and meta.get("source") == self.source
+                        and meta.get("stat") == self.stat):
                     continue  # the same file loaded with other options: still valid
                 other.unlink()
                 other.with_suffix(".npy").unlink(missing_ok=True)

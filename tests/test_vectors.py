@@ -368,7 +368,9 @@ MALFORMED = [
     ("word2vec", b"1 2\na 1 2\nb 3 4\n", "line 3", "more vectors than the header's count of 1"),
     ("word2vec", b"2 2\na 1 2\nb 3 4 5\n", "line 3", "expected 2 (the dimension in the header)"),
     ("word2vec", b"1 2\n\xff\xfe 1 2\n", "line 2", "is not valid utf-8"),
-    ("word2vec_binary", b"2 2\n", "record 1", "truncated: the file ends before it"),
+    ("word2vec_binary", b"2 2\n", "line 1", "truncated or wrong header: a vector of "
+     "dimension 2 needs at least 10 bytes, the file holds at most 0 after the header"),
+    ("word2vec_binary", b"2 2\n" + b"\n" * 10, "record 1", "truncated: the file ends before it"),
     ("word2vec_binary", BIN_OK[:-6], "record 2", "truncated: 'cd' needs 8 bytes of float32, the "
      "file ends after 3"),
     ("word2vec_binary", BIN_OK[:-10], "record 2", "file ends inside its word"),
@@ -465,3 +467,166 @@ def test_save_a_loaded_vectors_object(glove_file, tmp_path):
     out = tmp_path / "out.txt"
     save_word2vec(out, vectors)
     np.testing.assert_array_equal(load_vectors(out, cache=False).weight.numpy(), array)
+
+
+# -- hostile and real-world files ------------------------------------------------------------
+def gz(path, data: bytes):
+    path.write_bytes(gzip.compress(data, mtime=0))
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["auto", "word2vec", "word2vec_binary"])
+@pytest.mark.parametrize("vocab", [None, ["a", "b"]])
+@pytest.mark.parametrize("suffix", [".txt", ".gz"])
+def test_a_header_dim_the_file_cannot_hold(tmp_path, fmt, vocab, suffix):
+    """29 bytes claiming dim 10^9: a clear error, before anything is sized by the header."""
+    data = b"2 1000000000\na 1 2 3\n"
+    path = tmp_path / f"v{suffix}"
+    gz(path, data) if suffix == ".gz" else write(path, data)
+    with pytest.raises(VectorFormatError, match=r"line 1: .*dimension 1000000000") as info:
+        load_vectors(path, fmt, vocab=vocab, cache=False)
+    assert info.value.path == str(path)
+
+
+@pytest.mark.parametrize("cut", ["truncated", "flipped", "not gzip", "trailing"])
+def test_corrupt_gzip_is_a_format_error(tmp_path, cut):
+    blob = gzip.compress(b"3 2\na 1 2\nb 3 4\nc 5 6\n" * 1, mtime=0)
+    data = {
+        "truncated": blob[:-9],
+        "flipped": blob[:-6] + bytes([blob[-6] ^ 0xFF]) + blob[-5:],  # in the CRC
+        "not gzip": b"3 2\na 1 2\n",
+        "trailing": blob + b"\x01\x02",
+    }[cut]
+    path = write(tmp_path / "v.vec.gz", data)
+    for fmt in ("auto", "word2vec"):
+        with pytest.raises(VectorFormatError, match="corrupt or truncated gzip") as info:
+            load_vectors(path, fmt, cache=False)
+        assert info.value.path == str(path)
+
+
+def test_words_with_spaces_under_a_vocabulary_and_on_line_1(tmp_path):
+    """glove.840B style: the vector is the last dim fields, the word everything before."""
+    glove = write(tmp_path / "g.txt", "new york 0.5 1\na 1 2\nsan  jose\t3 4\n")
+    got = load_vectors(glove, cache=False)
+    assert got.words == ["new york", "a", "san jose"] and got.dim == 2
+    np.testing.assert_array_equal(got.weight.numpy(), [[0.5, 1], [1, 2], [3, 4]])
+    got = load_vectors(glove, vocab=["san jose", "new york"], cache=False)
+    assert got.found == 2
+    np.testing.assert_array_equal(got.weight.numpy(), [[3, 4], [0.5, 1]])
+    w2v = write(tmp_path / "w.txt", "2 2\nnew york 0.5 1\na 1 2\n")
+    got = load_vectors(w2v, vocab=["new york"], cache=False)
+    np.testing.assert_array_equal(got.weight.numpy(), [[0.5, 1]])
+
+
+@pytest.mark.parametrize("first", [True, False])
+def test_an_absurdly_long_line_is_refused_before_it_is_read(tmp_path, first):
+    line = b"w " + b"1 " * (_vector_formats.MAX_LINE_BYTES // 2 + 1) + b"\n"
+    data = line if first else b"2 2\na 1 2\n" + line
+    path = gz(tmp_path / "long.gz", data)
+    with pytest.raises(VectorFormatError, match="longer than 1048576 bytes") as info:
+        load_vectors(path, cache=False)
+    assert info.value.line == (1 if first else 3)
+
+
+def test_a_rewrite_keeping_size_and_mtime_is_not_served_from_the_cache(tmp_path):
+    """cp -p / rsync -t / touch -d: same size and mtime, other content."""
+    path = tmp_path / "v.bin"
+    save_word2vec(path, WORDS[:3], table(3, 4), binary=True)
+    stat = path.stat()
+    first = load_vectors(path, cache=tmp_path / "c")
+    assert load_vectors(path, cache=tmp_path / "c").from_cache
+    save_word2vec(path, WORDS[:3], table(3, 4, seed=9), binary=True)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert path.stat().st_size == stat.st_size and path.stat().st_mtime_ns == stat.st_mtime_ns
+    again = load_vectors(path, cache=tmp_path / "c")
+    assert not again.from_cache
+    np.testing.assert_array_equal(again.weight.numpy(), table(3, 4, seed=9))
+    assert not torch.equal(again.weight, first.weight)
+
+
+@pytest.mark.parametrize(
+    "corrupt",
+    [
+        lambda meta: {**meta, "words": 5},
+        lambda meta: {k: v for k, v in meta.items() if k != "dim"},
+        lambda meta: {**meta, "found": "many"},
+        lambda meta: {**meta, "padding_idx": 99},
+        lambda meta: [meta],
+        lambda meta: "not json {",
+    ],
+    ids=["words-int", "no-dim", "found-str", "padding-out-of-range", "list", "bad-json"],
+)
+def test_a_corrupt_cache_entry_is_ignored_with_a_warning(glove_file, tmp_path, corrupt):
+    import json
+
+    path, array = glove_file
+    load_vectors(path, cache=tmp_path / "c")
+    (meta_path,) = (tmp_path / "c").glob("*.json")
+    meta = corrupt(json.loads(meta_path.read_text()))
+    meta_path.write_text(meta if isinstance(meta, str) else json.dumps(meta))
+    with pytest.warns(UserWarning, match="unreadable cache entry"):
+        got = load_vectors(path, cache=tmp_path / "c")
+    assert not got.from_cache and got.words == WORDS
+    np.testing.assert_array_equal(got.weight.numpy(), array)
+    assert load_vectors(path, cache=tmp_path / "c").from_cache  # rewritten
+
+
+def test_concurrent_loads_in_threads_do_not_collide(glove_file, tmp_path):
+    import threading
+    import warnings
+
+    path, array = glove_file
+    for attempt in range(5):
+        barrier = threading.Barrier(8)
+        results = []
+
+        def load(cache=tmp_path / f"c{attempt}", barrier=barrier, results=results):
+            barrier.wait()
+            results.append(load_vectors(path, cache=cache, progress=False))
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            threads = [threading.Thread(target=load) for _ in range(8)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        assert not [str(w.message) for w in caught]
+        assert len(results) == 8
+        for got in results:
+            np.testing.assert_array_equal(got.weight.numpy(), array)
+
+
+def test_blank_and_whitespace_lines(tmp_path):
+    """A blank line after the header is text, not binary; whitespace-only lines are blank."""
+    path = write(tmp_path / "v.txt", "2 2\n\na 1 2\n\t \nb 3 4\n  \n")
+    got = load_vectors(path, cache=False)
+    assert got.format == "word2vec" and got.words == ["a", "b"]
+    np.testing.assert_array_equal(got.weight.numpy(), [[1, 2], [3, 4]])
+    glove = write(tmp_path / "g.txt", "a 1\n\t \nb 2\n")
+    assert load_vectors(glove, "glove", cache=False).words == ["a", "b"]
+
+
+def test_pad_token_warns_when_it_replaces_a_vector_from_the_file(tmp_path):
+    path = write(tmp_path / "v.txt", "<pad> 1 2\na 3 4\n")
+    with pytest.warns(UserWarning, match="has a vector for '<pad>'"):
+        got = load_vectors(path, cache=False)
+    assert got.padding_idx == 0 and not got.weight[0].any()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kept = load_vectors(path, pad_token=None, cache=False)
+        np.testing.assert_array_equal(kept.weight.numpy(), [[1, 2], [3, 4]])
+        other = write(tmp_path / "w.txt", "a 3 4\n")
+        load_vectors(other, vocab=["a"], specials={"<pad>": 0}, cache=False)  # not in the file
+
+
+def test_importing_vectors_does_not_import_tqdm_auto():
+    """tqdm.auto (slow to import: it probes for notebooks) loads only with a progress bar."""
+    code = ("import sys; import sparsemb.vectors; "
+            "assert 'tqdm.auto' not in sys.modules, 'tqdm.auto imported'")
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-c", code], check=True)
