@@ -770,6 +770,10 @@ class SparseAware(torch.optim.Optimizer):
                     merged.setdefault(key, opt.defaults[key])
         return merged
 
+    @defaults.setter
+    def defaults(self, value: dict[str, Any]) -> None:
+        self._base_defaults = dict(value)
+
     @property
     def state(self) -> dict[Tensor, Any]:  # type: ignore[override]
         merged: dict[Tensor, Any] = {}

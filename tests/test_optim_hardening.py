@@ -498,3 +498,40 @@ def test_one_cycle_momentum_reaches_a_sparse_adam_group():
     assert sparse_group["betas"][0] == 0.95 and sparse_group["betas"][1] == 0.999
     assert "momentum" not in sparse_group  # the rule's own dict keeps its own keys
     assert "betas" not in dense_group and dense_group["momentum"] == 0.95
+
+
+@pytest.mark.parametrize("sparse", ["sgd", "adam"])
+def test_resume_under_one_cycle_is_bit_identical(sparse):
+    """The scheduler's keys (initial_lr, max_momentum, ...) travel in the checkpoint and load
+    back into the rule; momentum cycling resumes where it was."""
+    data = [torch.randint(0, V, (2, 5), generator=torch.Generator().manual_seed(i))
+            for i in range(6)]
+
+    def build(model):
+        opt = so.SparseAware(model, sparse=sparse, dense=torch.optim.SGD, lr=0.05)
+        return opt, lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=8)
+
+    def run(model, opt, sched, batches):
+        for idx in batches:
+            opt.zero_grad()
+            model(idx).backward()
+            opt.step()
+            sched.step()
+
+    model = Model()
+    opt, sched = build(model)
+    run(model, opt, sched, data[:3])
+    saved = copy.deepcopy((model.state_dict(), opt.state_dict(), sched.state_dict()))
+    run(model, opt, sched, data[3:])
+    resumed = Model()
+    opt2, sched2 = build(resumed)
+    resumed.load_state_dict(saved[0])
+    opt2.load_state_dict(saved[1])
+    sched2.load_state_dict(saved[2])
+    run(resumed, opt2, sched2, data[3:])
+    for a, b in zip(model.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(a, b)
+    def options(o):
+        return [{k: v for k, v in g.items() if k != "params"} for g in o.param_groups]
+
+    assert options(opt) == options(opt2)
