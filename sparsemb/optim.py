@@ -802,9 +802,9 @@ class SparseAware(torch.optim.Optimizer):
         Order: (1) check that no dense-side parameter has a sparse gradient; (2) run every check
         of the sparsemb rule (gradients, rows, options, state) without writing; (3) step the
         dense optimizer; (4) write the sparse update. Checks (1)-(2) fail before anything is
-        written; the dense step (3) is torch's and may raise (its own checks, a failing
-        closure-free custom optimizer), which leaves the tables untouched because nothing sparse
-        has been written yet; (4) was checked in (2), so it does not fail on bad input. Running
+        written; the dense step (3) is torch's and may raise (its own checks, a custom
+        optimizer's error), which leaves the tables untouched because nothing sparse has been
+        written yet; (4) was checked in (2), so it does not fail on bad input. Running
         the sparse writes first would leave them applied when the dense step raises, which is
         why they come last. With a torch sparse rule (e.g. ``torch.optim.SparseAdam``), which
         cannot be checked apart from its step, the dense step runs first and the rule's own
