@@ -12,6 +12,13 @@ multiply and an add.
 Stochastic rounding of 16-bit tables draws one Philox number per element, keyed by
 (seed, row * dim + col): the noise of an element depends on the step's seed only, not on which
 other rows are in the batch.
+
+Every tensor is addressed through its strides (weight, gradient values and each state tensor),
+so a transposed or sliced table or state needs no copy. A row outside ``[0, V)`` is skipped (its
+program lanes are masked): the optimizers reject such rows before launching, and this keeps a
+caller that skips the check from writing outside the table. Triton writes bypass autograd, so
+each launcher bumps the version counter of every tensor it wrote, as torch's in-place ops do: a
+graph that saved the weight before the step then refuses to backward through the stale value.
 """
 
 from __future__ import annotations
@@ -53,13 +60,14 @@ def _store_rounded(
 
 
 @triton.jit
-def _row_block(rows_ptr, num_rows, BLOCK_R: tl.constexpr):
+def _row_block(rows_ptr, num_rows, num_weights, BLOCK_R: tl.constexpr):
     # int64 offsets: row * stride reaches V * D, past 2**31 on big tables (17M x 128 already),
     # so the program id and the loaded row numbers are widened before any product
     pid = tl.program_id(0).to(tl.int64)
     local = pid * BLOCK_R + tl.arange(0, BLOCK_R)
-    row_mask = local < num_rows
-    rows = tl.load(rows_ptr + local, mask=row_mask, other=0).to(tl.int64)
+    in_batch = local < num_rows
+    rows = tl.load(rows_ptr + local, mask=in_batch, other=0).to(tl.int64)
+    row_mask = in_batch & (rows >= 0) & (rows < num_weights)  # never write outside the table
     return local, rows, row_mask
 
 
@@ -69,6 +77,7 @@ def _sgd_kernel(
     grad_ptr,  # (U, D) float: summed gradient of each row
     weight_ptr,  # (V, D) float32/bfloat16/float16: updated in place at rows
     num_rows,  # U
+    num_weights,  # V: rows outside [0, V) are skipped
     dim,  # D
     grad_row_stride, grad_col_stride, weight_row_stride, weight_col_stride,
     neg_lr,  # -lr
@@ -77,7 +86,7 @@ def _sgd_kernel(
     HAS_WD: tl.constexpr, STOCHASTIC: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    local, rows, row_mask = _row_block(rows_ptr, num_rows, BLOCK_R)
+    local, rows, row_mask = _row_block(rows_ptr, num_rows, num_weights, BLOCK_R)
     for start in range(0, dim, BLOCK_D):
         cols = start + tl.arange(0, BLOCK_D)
         mask = row_mask[:, None] & (cols < dim)[None, :]
@@ -98,9 +107,10 @@ def _adagrad_kernel(
     rows_ptr,  # (U,) int64: unique rows to update
     grad_ptr,  # (U, D) float: summed gradient of each row
     weight_ptr,  # (V, D) float32/bfloat16/float16: updated in place at rows
-    sum_ptr,  # (V, D) float32, contiguous: running sum of squared gradients
-    num_rows, dim,
+    sum_ptr,  # (V, D) float32: running sum of squared gradients
+    num_rows, num_weights, dim,
     grad_row_stride, grad_col_stride, weight_row_stride, weight_col_stride,
+    sum_row_stride, sum_col_stride,
     neg_clr,  # -lr / (1 + (step - 1) * lr_decay)
     eps,
     weight_decay,
@@ -108,7 +118,7 @@ def _adagrad_kernel(
     HAS_WD: tl.constexpr, STOCHASTIC: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    local, rows, row_mask = _row_block(rows_ptr, num_rows, BLOCK_R)
+    local, rows, row_mask = _row_block(rows_ptr, num_rows, num_weights, BLOCK_R)
     for start in range(0, dim, BLOCK_D):
         cols = start + tl.arange(0, BLOCK_D)
         mask = row_mask[:, None] & (cols < dim)[None, :]
@@ -120,12 +130,12 @@ def _adagrad_kernel(
         w = tl.load(w_ptrs, mask=mask, other=0.0).to(tl.float32)
         if HAS_WD:
             g = g + weight_decay * w
-        state_offs = rows[:, None] * dim + cols[None, :]
-        total = tl.load(sum_ptr + state_offs, mask=mask, other=0.0) + g * g
-        tl.store(sum_ptr + state_offs, total, mask=mask)
+        sum_ptrs = sum_ptr + rows[:, None] * sum_row_stride + cols[None, :] * sum_col_stride
+        total = tl.load(sum_ptrs, mask=mask, other=0.0) + g * g
+        tl.store(sum_ptrs, total, mask=mask)
         std = tl.sqrt_rn(total) + eps
         w = w + neg_clr * tl.div_rn(g, std)
-        _store_rounded(w_ptrs, w, mask, seed, state_offs, STOCHASTIC)
+        _store_rounded(w_ptrs, w, mask, seed, rows[:, None] * dim + cols[None, :], STOCHASTIC)
 
 
 @triton.jit
@@ -134,14 +144,15 @@ def _rowwise_adagrad_kernel(
     grad_ptr,  # (U, D) float: summed gradient of each row
     weight_ptr,  # (V, D) float32/bfloat16/float16: updated in place at rows
     sum_ptr,  # (V,) float32: running sum of the row means of squared gradients
-    num_rows, dim,
+    num_rows, num_weights, dim,
     grad_row_stride, grad_col_stride, weight_row_stride, weight_col_stride,
+    sum_stride,
     neg_lr, eps, weight_decay, seed,
     HAS_WD: tl.constexpr, STOCHASTIC: tl.constexpr,
     ONE_CHUNK: tl.constexpr,  # dim <= BLOCK_D: the row is read once, else twice (norm, update)
     BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    local, rows, row_mask = _row_block(rows_ptr, num_rows, BLOCK_R)
+    local, rows, row_mask = _row_block(rows_ptr, num_rows, num_weights, BLOCK_R)
     if ONE_CHUNK:
         cols = tl.arange(0, BLOCK_D)
         mask = row_mask[:, None] & (cols < dim)[None, :]
@@ -153,8 +164,9 @@ def _rowwise_adagrad_kernel(
         w = tl.load(w_ptrs, mask=mask, other=0.0).to(tl.float32)
         if HAS_WD:
             g = g + weight_decay * w
-        total = tl.load(sum_ptr + rows, mask=row_mask, other=0.0) + tl.sum(g * g, axis=1) / dim
-        tl.store(sum_ptr + rows, total, mask=row_mask)
+        sum_ptrs = sum_ptr + rows * sum_stride
+        total = tl.load(sum_ptrs, mask=row_mask, other=0.0) + tl.sum(g * g, axis=1) / dim
+        tl.store(sum_ptrs, total, mask=row_mask)
         std = tl.sqrt_rn(total) + eps
         w = w + neg_lr * tl.div_rn(g, std[:, None])
         _store_rounded(w_ptrs, w, mask, seed, rows[:, None] * dim + cols[None, :], STOCHASTIC)
@@ -175,8 +187,9 @@ def _rowwise_adagrad_kernel(
                 ).to(tl.float32)
                 g = g + weight_decay * w
             squares += tl.sum(g * g, axis=1)
-        total = tl.load(sum_ptr + rows, mask=row_mask, other=0.0) + squares / dim
-        tl.store(sum_ptr + rows, total, mask=row_mask)
+        sum_ptrs = sum_ptr + rows * sum_stride
+        total = tl.load(sum_ptrs, mask=row_mask, other=0.0) + squares / dim
+        tl.store(sum_ptrs, total, mask=row_mask)
         std = tl.sqrt_rn(total) + eps
         for start in range(0, dim, BLOCK_D):
             cols = start + tl.arange(0, BLOCK_D)
@@ -200,10 +213,11 @@ def _adam_kernel(
     rows_ptr,  # (U,) int64: unique rows to update
     grad_ptr,  # (U, D) float: summed gradient of each row
     weight_ptr,  # (V, D) float32/bfloat16/float16: updated in place at rows
-    exp_avg_ptr,  # (V, D) float32, contiguous: first moment
-    exp_avg_sq_ptr,  # (V, D) float32, contiguous: second moment
-    num_rows, dim,
+    exp_avg_ptr,  # (V, D) float32: first moment
+    exp_avg_sq_ptr,  # (V, D) float32: second moment
+    num_rows, num_weights, dim,
     grad_row_stride, grad_col_stride, weight_row_stride, weight_col_stride,
+    m_row_stride, m_col_stride, v_row_stride, v_col_stride,
     one_minus_beta1, one_minus_beta2, eps,
     neg_step_size,  # -lr * sqrt(1 - beta2^t) / (1 - beta1^t)
     decay,  # 1 - lr * weight_decay (AdamW, HAS_DECAY)
@@ -211,7 +225,7 @@ def _adam_kernel(
     HAS_DECAY: tl.constexpr, STOCHASTIC: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    local, rows, row_mask = _row_block(rows_ptr, num_rows, BLOCK_R)
+    local, rows, row_mask = _row_block(rows_ptr, num_rows, num_weights, BLOCK_R)
     for start in range(0, dim, BLOCK_D):
         cols = start + tl.arange(0, BLOCK_D)
         mask = row_mask[:, None] & (cols < dim)[None, :]
@@ -219,19 +233,20 @@ def _adam_kernel(
             grad_ptr + local[:, None] * grad_row_stride + cols[None, :] * grad_col_stride,
             mask=mask, other=0.0,
         ).to(tl.float32)
-        state_offs = rows[:, None] * dim + cols[None, :]
-        m = tl.load(exp_avg_ptr + state_offs, mask=mask, other=0.0)
+        m_ptrs = exp_avg_ptr + rows[:, None] * m_row_stride + cols[None, :] * m_col_stride
+        m = tl.load(m_ptrs, mask=mask, other=0.0)
         m = m + (g - m) * one_minus_beta1
-        tl.store(exp_avg_ptr + state_offs, m, mask=mask)
-        v = tl.load(exp_avg_sq_ptr + state_offs, mask=mask, other=0.0)
+        tl.store(m_ptrs, m, mask=mask)
+        v_ptrs = exp_avg_sq_ptr + rows[:, None] * v_row_stride + cols[None, :] * v_col_stride
+        v = tl.load(v_ptrs, mask=mask, other=0.0)
         v = v + (g * g - v) * one_minus_beta2
-        tl.store(exp_avg_sq_ptr + state_offs, v, mask=mask)
+        tl.store(v_ptrs, v, mask=mask)
         w_ptrs = weight_ptr + rows[:, None] * weight_row_stride + cols[None, :] * weight_col_stride
         w = tl.load(w_ptrs, mask=mask, other=0.0).to(tl.float32)
         if HAS_DECAY:
             w = w * decay
         w = w + tl.div_rn(m, tl.sqrt_rn(v) + eps) * neg_step_size
-        _store_rounded(w_ptrs, w, mask, seed, state_offs, STOCHASTIC)
+        _store_rounded(w_ptrs, w, mask, seed, rows[:, None] * dim + cols[None, :], STOCHASTIC)
 
 
 def _blocks(dim: int) -> tuple[int, int]:
@@ -255,6 +270,13 @@ def _skip(weight: Tensor, rows: Tensor) -> bool:
     return rows.numel() == 0 or weight.shape[1] == 0
 
 
+def _written(*tensors: Tensor) -> None:
+    """Bump the autograd version counter of tensors a kernel wrote in place (torch's in-place
+    ops do it themselves; a Triton store does not)."""
+    for t in tensors:
+        torch.autograd.graph.increment_version(t)
+
+
 def sgd_update_(
     weight: Tensor, rows: Tensor, values: Tensor, *, neg_lr: float, weight_decay: float,
     sr_seed: int | None,
@@ -264,10 +286,11 @@ def sgd_update_(
         return
     grid, strides, stochastic, seed, block_r, block_d = _common(weight, rows, values, sr_seed)
     _sgd_kernel[grid](
-        rows, values, weight, rows.numel(), weight.shape[1], *strides,
+        rows, values, weight, rows.numel(), weight.shape[0], weight.shape[1], *strides,
         neg_lr, weight_decay, seed,
         HAS_WD=weight_decay != 0, STOCHASTIC=stochastic, BLOCK_R=block_r, BLOCK_D=block_d,
     )
+    _written(weight)
 
 
 def adagrad_update_(
@@ -279,10 +302,12 @@ def adagrad_update_(
         return
     grid, strides, stochastic, seed, block_r, block_d = _common(weight, rows, values, sr_seed)
     _adagrad_kernel[grid](
-        rows, values, weight, state_sum, rows.numel(), weight.shape[1], *strides,
+        rows, values, weight, state_sum, rows.numel(), weight.shape[0], weight.shape[1],
+        *strides, *state_sum.stride(),
         neg_clr, eps, weight_decay, seed,
         HAS_WD=weight_decay != 0, STOCHASTIC=stochastic, BLOCK_R=block_r, BLOCK_D=block_d,
     )
+    _written(weight, state_sum)
 
 
 def rowwise_adagrad_update_(
@@ -294,11 +319,13 @@ def rowwise_adagrad_update_(
         return
     grid, strides, stochastic, seed, block_r, block_d = _common(weight, rows, values, sr_seed)
     _rowwise_adagrad_kernel[grid](
-        rows, values, weight, state_sum, rows.numel(), weight.shape[1], *strides,
+        rows, values, weight, state_sum, rows.numel(), weight.shape[0], weight.shape[1],
+        *strides, state_sum.stride(0),
         neg_lr, eps, weight_decay, seed,
         HAS_WD=weight_decay != 0, STOCHASTIC=stochastic, ONE_CHUNK=weight.shape[1] <= block_d,
         BLOCK_R=block_r, BLOCK_D=block_d,
     )
+    _written(weight, state_sum)
 
 
 def adam_update_(
@@ -311,7 +338,9 @@ def adam_update_(
         return
     grid, strides, stochastic, seed, block_r, block_d = _common(weight, rows, values, sr_seed)
     _adam_kernel[grid](
-        rows, values, weight, exp_avg, exp_avg_sq, rows.numel(), weight.shape[1], *strides,
+        rows, values, weight, exp_avg, exp_avg_sq, rows.numel(), weight.shape[0],
+        weight.shape[1], *strides, *exp_avg.stride(), *exp_avg_sq.stride(),
         one_minus_beta1, one_minus_beta2, eps, neg_step_size, decay, seed,
         HAS_DECAY=decay != 1, STOCHASTIC=stochastic, BLOCK_R=block_r, BLOCK_D=block_d,
     )
+    _written(weight, exp_avg, exp_avg_sq)

@@ -10,8 +10,9 @@ Shared by every rule:
   - bfloat16/float16 tables keep float32 state and compute in float32; ``stochastic_rounding=True``
     rounds the new weight up or down with probability by distance (unbiased), ``seed`` fixes the
     noise (default: drawn from torch's global generator at construction);
-  - bad input (a dense gradient, bad options, state on another device) raises ValueError before any
-    weight or state is written;
+  - bad input (a dense gradient, bad options, state on another device, a checkpoint of another
+    rule) raises ValueError, a gradient row outside the table IndexError, before any weight or
+    state is written; on both backends every write bumps the tensor's autograd version;
   - ``enable_fused_backward()``: the update runs inside the backward of ``sparsemb.Embedding`` and
     no gradient is materialized.
 
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from itertools import chain
 from numbers import Real
 from types import ModuleType
@@ -100,6 +101,30 @@ def _mix(*values: int) -> int:
         z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
         state = z ^ (z >> 31)
     return state & 0x7FFFFFFF
+
+
+def _check_rows(rows: Tensor, num_rows: int, what: Callable[[], str]) -> None:
+    """IndexError naming the first bad value when a row lies outside ``[0, num_rows)``.
+
+    One reduction and one host read: a row outside the table must not reach the kernels, which
+    would write outside the weight (the CPU rules would raise half way through a table)."""
+    if rows.numel() == 0:
+        return
+    low, high = (int(x) for x in torch.aminmax(rows))
+    if low < 0 or high >= num_rows:
+        bad = low if low < 0 else high
+        raise IndexError(
+            f"row {bad} of {what()} is outside the table's rows [0, {num_rows}); nothing was "
+            "updated"
+        )
+
+
+# option names of the built-in rules: a checkpoint group carrying one this rule lacks (or lacking
+# one it has) was saved by another rule
+_RULE_OPTIONS = frozenset(
+    {"lr", "weight_decay", "stochastic_rounding", "seed", "lr_decay",
+     "initial_accumulator_value", "eps", "betas"}
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,6 +221,12 @@ class SparseOptimizer(torch.optim.Optimizer):
         if not state:
             return
         shape, dtype = self._state_shape(p), state_dtype(p.dtype)
+        step = state.get("step")
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(
+                f"optimizer state 'step' of {self._describe(group, index, p)} is {step!r}; "
+                "expected a count of updates (an int >= 0)"
+            )
         for name in self._state_names:
             value = state.get(name)
             if not isinstance(value, Tensor):
@@ -238,6 +269,10 @@ class SparseOptimizer(torch.optim.Optimizer):
             )
         if not grad.is_floating_point():
             raise ValueError(f"the gradient of {self._describe(group, index, p)} is {grad.dtype}")
+        _check_rows(
+            grad._indices()[0], p.shape[0],
+            lambda: f"the sparse gradient of {self._describe(group, index, p)}",
+        )
         if not grad.is_coalesced():
             grad = grad.coalesce()
         return grad._indices()[0], grad._values()
@@ -263,6 +298,11 @@ class SparseOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._write(self._prepare())
+        return loss
+
+    def _prepare(self) -> list[tuple[Any, ...]]:
+        """Check every group, gradient and state; the work of a step, nothing written yet."""
         work = []
         for group in self.param_groups:
             self._check_options(group)
@@ -272,16 +312,28 @@ class SparseOptimizer(torch.optim.Optimizer):
                 rows, values = self._rows_of_grad(group, index, p)
                 self._check_state(group, index, p)
                 work.append((group, p, rows, values, self._backend(p)))
+        return work
+
+    def _write(self, work: list[tuple[Any, ...]]) -> None:
+        """Apply checked work (from ``_prepare``): cannot fail on bad input."""
         for group, p, rows, values, backend in work:
             self._apply(group, p, rows, values, backend)
-        return loss
 
     @torch.no_grad()
     def fused_update(self, p: Tensor, rows: Tensor, values: Tensor) -> None:
         """Apply the rule to ``p`` from a deduplicated gradient: ascending unique ``rows`` (U,)
-        int64 and ``values`` (U, D). The fused-backward hook calls this."""
+        int64 and ``values`` (U, D). The fused-backward hook calls this.
+
+        Rows outside the table raise IndexError on CPU tensors (where the check is free); on a
+        GPU the check would cost a host sync inside backward, so the kernels skip such rows
+        instead (the embedding backward never passes them)."""
         group, index = self._group_of(p)
         self._check_options(group)
+        if rows.dtype not in (torch.int32, torch.int64) or not values.is_floating_point():
+            raise ValueError(
+                f"fused update of {self._describe(group, index, p)}: rows must be int64 (got "
+                f"{rows.dtype}) and values floating point (got {values.dtype})"
+            )
         if rows.dim() != 1 or values.shape != (rows.shape[0], p.shape[1]):
             raise ValueError(
                 f"fused update of {self._describe(group, index, p)}: rows {tuple(rows.shape)} "
@@ -291,6 +343,9 @@ class SparseOptimizer(torch.optim.Optimizer):
             raise ValueError(
                 f"fused update of {self._describe(group, index, p)}: gradient on {values.device}"
             )
+        if not rows.is_cuda:
+            _check_rows(rows, p.shape[0], lambda: f"the fused update of "
+                        f"{self._describe(group, index, p)}")
         self._check_state(group, index, p)
         self._apply(group, p, rows, values, self._backend(p))
 
@@ -321,9 +376,11 @@ class SparseOptimizer(torch.optim.Optimizer):
         :meth:`disable_fused_backward` before pickling or deep-copying the module.
         """
         managed = [q for g in self.param_groups for q in g["params"]]
-        for p in managed if params is None else list(params):
+        chosen = managed if params is None else list(params)
+        for p in chosen:  # every parameter checked before the first hook is set
             if not any(p is q for q in managed):
                 raise ValueError("enable_fused_backward: a parameter is not in this optimizer")
+        for p in chosen:
             setattr(p, FUSED_UPDATE_ATTR, _FusedUpdate(self, p))
 
     def disable_fused_backward(self) -> None:
@@ -338,13 +395,31 @@ class SparseOptimizer(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch's loading, except that the state keeps its own dtype (float32 for 16-bit tables)
-        and is copied, never aliased with ``state_dict``; checked before anything is replaced."""
+        and is copied, never aliased with ``state_dict``.
+
+        Everything is checked before anything is replaced: the groups' options must be this
+        rule's (a SparseSGD checkpoint has no ``betas`` for SparseAdam, a SparseAdamW one has a
+        ``weight_decay`` SparseAdam would silently drop), each state entry must hold exactly
+        this rule's tensors, of its tables' shapes, and a ``step`` count. A mismatch raises
+        ValueError with the optimizer as it was."""
+        if not isinstance(state_dict, dict) or not {"state", "param_groups"} <= state_dict.keys():
+            raise ValueError("not an optimizer state dict (expected 'state' and 'param_groups')")
         saved_groups = state_dict["param_groups"]
         if len(saved_groups) != len(self.param_groups) or any(
             len(s["params"]) != len(g["params"])
             for s, g in zip(saved_groups, self.param_groups, strict=True)
         ):
             raise ValueError("loaded state dict does not match this optimizer's parameter groups")
+        rule, ours = type(self).__name__, set(self.defaults)
+        for i, saved in enumerate(saved_groups):
+            keys = set(saved) - {"params", "param_names"}
+            missing, foreign = ours - keys, (keys & _RULE_OPTIONS) - ours
+            if missing or foreign:
+                raise ValueError(
+                    f"loaded param group {i} was not saved by {rule}: it lacks options "
+                    f"{sorted(missing)} and has options {sorted(foreign)} {rule} does not take"
+                )
+            self._check_options({**saved})
         id_map = dict(
             zip(
                 chain.from_iterable(g["params"] for g in saved_groups),
@@ -352,22 +427,35 @@ class SparseOptimizer(torch.optim.Optimizer):
                 strict=True,
             )
         )
+        expected = {"step", *self._state_names}
         restored = {}
         for key, saved in state_dict["state"].items():
             if key not in id_map:
-                continue
+                raise ValueError(f"loaded state of parameter {key!r}, which no group lists")
             p = id_map[key]
-            entry = {}
-            for name, value in saved.items():
-                if name in self._state_names:
-                    shape = self._state_shape(p)
-                    if not isinstance(value, Tensor) or tuple(value.shape) != shape:
-                        raise ValueError(
-                            f"loaded state {name!r} of parameter {key} does not have the "
-                            f"shape {shape} of its table"
-                        )
-                    value = value.to(device=p.device, dtype=state_dtype(p.dtype), copy=True)
-                entry[name] = value
+            if set(saved) != expected:
+                raise ValueError(
+                    f"loaded state of parameter {key} has {sorted(saved)}, {rule} keeps "
+                    f"{sorted(expected)}"
+                )
+            step = saved["step"]
+            if isinstance(step, Tensor) and step.numel() == 1 and float(step) == int(step):
+                step = int(step)
+            if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+                raise ValueError(f"loaded state 'step' of parameter {key} is {step!r}")
+            entry = {"step": step}
+            for name in self._state_names:
+                value, shape = saved[name], self._state_shape(p)
+                if (
+                    not isinstance(value, Tensor)
+                    or tuple(value.shape) != shape
+                    or not value.is_floating_point()
+                ):
+                    raise ValueError(
+                        f"loaded state {name!r} of parameter {key} is not a float tensor of the "
+                        f"shape {shape} of its table"
+                    )
+                entry[name] = value.to(device=p.device, dtype=state_dtype(p.dtype), copy=True)
             restored[p] = entry
         super().load_state_dict(state_dict)
         for p, entry in restored.items():
@@ -592,8 +680,13 @@ class SparseAware(torch.optim.Optimizer):
     ``fused_backward``: the sparsemb tables are updated inside backward (see
     ``SparseOptimizer.enable_fused_backward``); ``step()`` then updates the rest.
 
-    ``param_groups`` lists the sparse groups then the dense groups (the same dicts the two
-    optimizers use), so lr schedulers and GradScaler act on both; ``state_dict`` holds both.
+    ``param_groups`` lists the sparse groups then the dense groups: views of the dicts the two
+    optimizers use, so lr schedulers and GradScaler act on both. Each view reads and writes the
+    first-moment coefficient under both of torch's names, ``momentum`` and ``betas[0]``, so a
+    scheduler that cycles momentum (OneCycleLR, CyclicLR) reaches torch SGD's ``momentum`` and
+    Adam's ``betas[0]`` alike; a group whose rule has no momentum (SparseSGD, the Adagrads) reads
+    0 and ignores the writes. ``defaults`` names ``betas`` or ``momentum`` when a group has one,
+    as those schedulers require. ``state_dict`` holds both optimizers' states.
     """
 
     def __init__(
@@ -634,7 +727,7 @@ class SparseAware(torch.optim.Optimizer):
         if self.fused_backward and self.sparse_optimizer is not None:
             self.sparse_optimizer.enable_fused_backward(fusable)
         self._names = names
-        self.defaults = dict(base)
+        self._base_defaults = dict(base)
         # what torch.optim.Optimizer.__init__ sets up for hooks and profiling (not called: the
         # groups and the state live in the two inner optimizers)
         self._optimizer_step_pre_hooks = OrderedDict()
@@ -664,7 +757,22 @@ class SparseAware(torch.optim.Optimizer):
 
     @property
     def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
-        return [group for opt in self._parts() for group in opt.param_groups]
+        return [_GroupView(group) for opt in self._parts() for group in opt.param_groups]
+
+    @property
+    def defaults(self) -> dict[str, Any]:  # type: ignore[override]
+        """The shared options, plus ``betas`` / ``momentum`` where a group has it: momentum
+        schedulers look here to decide whether (and under which name) to cycle momentum."""
+        merged = dict(self._base_defaults)
+        for key in ("momentum", "betas"):
+            for opt in self._parts():
+                if key in opt.defaults:
+                    merged.setdefault(key, opt.defaults[key])
+        return merged
+
+    @defaults.setter
+    def defaults(self, value: dict[str, Any]) -> None:
+        self._base_defaults = dict(value)
 
     @property
     def state(self) -> dict[Tensor, Any]:  # type: ignore[override]
@@ -689,8 +797,21 @@ class SparseAware(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """Step both optimizers; a sparse gradient on a dense-side parameter or any check of the
-        sparse rule fails before either side writes anything."""
+        """Step both optimizers, all or nothing as far as torch allows.
+
+        Order: (1) check that no dense-side parameter has a sparse gradient; (2) run every check
+        of the sparsemb rule (gradients, rows, options, state) without writing; (3) step the
+        dense optimizer; (4) write the sparse update. Checks (1)-(2) fail before anything is
+        written; the dense step (3) is torch's and may raise (its own checks, a custom
+        optimizer's error), which leaves the tables untouched because nothing sparse has been
+        written yet; (4) was checked in (2), so it does not fail on bad input. Running
+        the sparse writes first would leave them applied when the dense step raises, which is
+        why they come last. With a torch sparse rule (e.g. ``torch.optim.SparseAdam``), which
+        cannot be checked apart from its step, the dense step runs first and the rule's own
+        checks may still fail after it. With ``fused_backward`` the tables were already updated
+        inside backward: an exception raised later in that backward, or in this step, cannot
+        undo those updates.
+        """
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -705,10 +826,14 @@ class SparseAware(torch.optim.Optimizer):
                             f"({type(self.dense_optimizer).__name__}); put it in a group with "
                             "'sparse': True"
                         )
-        if self.sparse_optimizer is not None:
-            self.sparse_optimizer.step()
+        sparse = self.sparse_optimizer
+        work = sparse._prepare() if isinstance(sparse, SparseOptimizer) else None
         if self.dense_optimizer is not None:
             self.dense_optimizer.step()
+        if isinstance(sparse, SparseOptimizer):
+            sparse._write(work)
+        elif sparse is not None:
+            sparse.step()
         return loss
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -756,12 +881,68 @@ class SparseAware(torch.optim.Optimizer):
             opt, saved = getattr(self, f"{side}_optimizer"), state_dict[side]
             if (opt is None) != (saved is None):
                 raise ValueError(f"the checkpoint's {side} part does not match this model")
-        for side in ("sparse", "dense"):
-            opt = getattr(self, f"{side}_optimizer")
-            if opt is not None:
-                opt.load_state_dict(state_dict[side])
+        # each side checks before it replaces anything; if the second side refuses, the first
+        # side's previous state and groups are put back, so a failed load changes nothing
+        saved = [(opt, opt.state, opt.param_groups) for opt in self._parts()]
+        try:
+            for side in ("sparse", "dense"):
+                opt = getattr(self, f"{side}_optimizer")
+                if opt is not None:
+                    opt.load_state_dict(state_dict[side])
+        except Exception:
+            for opt, state, groups in saved:
+                opt.state, opt.param_groups = state, groups
+            raise
         for hook in self._optimizer_load_state_dict_post_hooks.values():
             hook(self)
+
+
+class _GroupView(MutableMapping):
+    """A param group of ``SparseAware``: the inner optimizer's own dict, with the first-moment
+    coefficient under both of torch's names.
+
+    torch's momentum schedulers write one key to every group: ``momentum`` (SGD, RMSprop) or
+    ``betas`` as ``(m, *betas[1:])`` (the Adams), chosen from ``optimizer.defaults``. A wrapper
+    whose two sides differ (SparseAdam with torch SGD, SparseSGD with AdamW) needs each write
+    to land in its group's own key: ``momentum`` reads ``betas[0]`` of an Adam group, ``betas``
+    reads ``(momentum,)`` of an SGD group, and writes go back the same way. A group with neither
+    (a rule without momentum) reads momentum 0 and drops the writes, so its dict keeps only its
+    rule's options (and its checkpoints load into the rule again).
+    """
+
+    _ALIASES = ("momentum", "betas")
+
+    def __init__(self, group: dict[str, Any]) -> None:
+        self.group = group
+
+    def __getitem__(self, key: str) -> Any:
+        group = self.group
+        if key in group or key not in self._ALIASES:
+            return group[key]
+        if key == "momentum":
+            return group["betas"][0] if "betas" in group else 0.0
+        return (group["momentum"],) if "momentum" in group else (0.0,)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        group = self.group
+        if key in group or key not in self._ALIASES:
+            group[key] = value
+        elif key == "momentum" and "betas" in group:
+            group["betas"] = (value, *group["betas"][1:])
+        elif key == "betas" and "momentum" in group:
+            group["momentum"] = value[0]
+
+    def __delitem__(self, key: str) -> None:
+        del self.group[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.group)
+
+    def __len__(self) -> int:
+        return len(self.group)
+
+    def __repr__(self) -> str:
+        return repr(self.group)
 
 
 def _split(
