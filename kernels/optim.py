@@ -4,8 +4,8 @@ A launch covers the U unique rows of a coalesced gradient. Each program owns ``B
 (rows are unique, so no two programs write one row) and walks the embedding dim in ``BLOCK_D``
 chunks: it reads the gradient values, the weight rows and the state rows once and writes the
 weight and the state once. Arithmetic is float32 (the state of float32/bfloat16/float16 tables)
-in the order of ``sparsemb._sparse_rules``, the pure-PyTorch oracle whose functions have the same
-signatures as the launchers here. Division and square root are IEEE-rounded (``div_rn``,
+in the order of ``sparsemb.torch_backend.optim``, the pure-PyTorch oracle whose functions have
+the same signatures as the launchers here. Division and square root are IEEE-rounded (``div_rn``,
 ``sqrt_rn``) so GPU results do not drift from the CPU rule; the compiler may still fuse a
 multiply and an add.
 
@@ -28,6 +28,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from sparsemb.kernels.launch import tile_for
 from sparsemb.kernels.rounding import round_nearest
 
 MAX_BLOCK_D = 2048  # the dim a program covers in one chunk; row-wise Adagrad reads g once up to it
@@ -72,6 +73,17 @@ def _row_block(rows_ptr, num_rows, num_weights, BLOCK_R: tl.constexpr):
 
 
 @triton.jit
+def _tile(base_ptr, rows, cols, row_stride, col_stride):
+    """Pointers to the (BLOCK_R, BLOCK_D) tile at ``rows`` x ``cols`` of a strided 2-D tensor."""
+    return base_ptr + rows[:, None] * row_stride + cols[None, :] * col_stride
+
+
+@triton.jit
+def _load_f32(ptrs, mask):
+    return tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
 def _sgd_kernel(
     rows_ptr,  # (U,) int64: unique rows to update
     grad_ptr,  # (U, D) float: summed gradient of each row
@@ -90,12 +102,9 @@ def _sgd_kernel(
     for start in range(0, dim, BLOCK_D):
         cols = start + tl.arange(0, BLOCK_D)
         mask = row_mask[:, None] & (cols < dim)[None, :]
-        g = tl.load(
-            grad_ptr + local[:, None] * grad_row_stride + cols[None, :] * grad_col_stride,
-            mask=mask, other=0.0,
-        ).to(tl.float32)
-        w_ptrs = weight_ptr + rows[:, None] * weight_row_stride + cols[None, :] * weight_col_stride
-        w = tl.load(w_ptrs, mask=mask, other=0.0).to(tl.float32)
+        g = _load_f32(_tile(grad_ptr, local, cols, grad_row_stride, grad_col_stride), mask)
+        w_ptrs = _tile(weight_ptr, rows, cols, weight_row_stride, weight_col_stride)
+        w = _load_f32(w_ptrs, mask)
         if HAS_WD:
             g = g + weight_decay * w
         w = w + neg_lr * g
@@ -122,15 +131,12 @@ def _adagrad_kernel(
     for start in range(0, dim, BLOCK_D):
         cols = start + tl.arange(0, BLOCK_D)
         mask = row_mask[:, None] & (cols < dim)[None, :]
-        g = tl.load(
-            grad_ptr + local[:, None] * grad_row_stride + cols[None, :] * grad_col_stride,
-            mask=mask, other=0.0,
-        ).to(tl.float32)
-        w_ptrs = weight_ptr + rows[:, None] * weight_row_stride + cols[None, :] * weight_col_stride
-        w = tl.load(w_ptrs, mask=mask, other=0.0).to(tl.float32)
+        g = _load_f32(_tile(grad_ptr, local, cols, grad_row_stride, grad_col_stride), mask)
+        w_ptrs = _tile(weight_ptr, rows, cols, weight_row_stride, weight_col_stride)
+        w = _load_f32(w_ptrs, mask)
         if HAS_WD:
             g = g + weight_decay * w
-        sum_ptrs = sum_ptr + rows[:, None] * sum_row_stride + cols[None, :] * sum_col_stride
+        sum_ptrs = _tile(sum_ptr, rows, cols, sum_row_stride, sum_col_stride)
         total = tl.load(sum_ptrs, mask=mask, other=0.0) + g * g
         tl.store(sum_ptrs, total, mask=mask)
         std = tl.sqrt_rn(total) + eps
@@ -153,18 +159,15 @@ def _rowwise_adagrad_kernel(
     BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     local, rows, row_mask = _row_block(rows_ptr, num_rows, num_weights, BLOCK_R)
+    sum_ptrs = sum_ptr + rows * sum_stride
     if ONE_CHUNK:
         cols = tl.arange(0, BLOCK_D)
         mask = row_mask[:, None] & (cols < dim)[None, :]
-        g = tl.load(
-            grad_ptr + local[:, None] * grad_row_stride + cols[None, :] * grad_col_stride,
-            mask=mask, other=0.0,
-        ).to(tl.float32)
-        w_ptrs = weight_ptr + rows[:, None] * weight_row_stride + cols[None, :] * weight_col_stride
-        w = tl.load(w_ptrs, mask=mask, other=0.0).to(tl.float32)
+        g = _load_f32(_tile(grad_ptr, local, cols, grad_row_stride, grad_col_stride), mask)
+        w_ptrs = _tile(weight_ptr, rows, cols, weight_row_stride, weight_col_stride)
+        w = _load_f32(w_ptrs, mask)
         if HAS_WD:
             g = g + weight_decay * w
-        sum_ptrs = sum_ptr + rows * sum_stride
         total = tl.load(sum_ptrs, mask=row_mask, other=0.0) + tl.sum(g * g, axis=1) / dim
         tl.store(sum_ptrs, total, mask=row_mask)
         std = tl.sqrt_rn(total) + eps
@@ -175,33 +178,20 @@ def _rowwise_adagrad_kernel(
         for start in range(0, dim, BLOCK_D):
             cols = start + tl.arange(0, BLOCK_D)
             mask = row_mask[:, None] & (cols < dim)[None, :]
-            g = tl.load(
-                grad_ptr + local[:, None] * grad_row_stride + cols[None, :] * grad_col_stride,
-                mask=mask, other=0.0,
-            ).to(tl.float32)
+            g = _load_f32(_tile(grad_ptr, local, cols, grad_row_stride, grad_col_stride), mask)
             if HAS_WD:
-                w = tl.load(
-                    weight_ptr + rows[:, None] * weight_row_stride
-                    + cols[None, :] * weight_col_stride,
-                    mask=mask, other=0.0,
-                ).to(tl.float32)
-                g = g + weight_decay * w
+                w_ptrs = _tile(weight_ptr, rows, cols, weight_row_stride, weight_col_stride)
+                g = g + weight_decay * _load_f32(w_ptrs, mask)
             squares += tl.sum(g * g, axis=1)
-        sum_ptrs = sum_ptr + rows * sum_stride
         total = tl.load(sum_ptrs, mask=row_mask, other=0.0) + squares / dim
         tl.store(sum_ptrs, total, mask=row_mask)
         std = tl.sqrt_rn(total) + eps
         for start in range(0, dim, BLOCK_D):
             cols = start + tl.arange(0, BLOCK_D)
             mask = row_mask[:, None] & (cols < dim)[None, :]
-            g = tl.load(
-                grad_ptr + local[:, None] * grad_row_stride + cols[None, :] * grad_col_stride,
-                mask=mask, other=0.0,
-            ).to(tl.float32)
-            w_ptrs = (
-                weight_ptr + rows[:, None] * weight_row_stride + cols[None, :] * weight_col_stride
-            )
-            w = tl.load(w_ptrs, mask=mask, other=0.0).to(tl.float32)
+            g = _load_f32(_tile(grad_ptr, local, cols, grad_row_stride, grad_col_stride), mask)
+            w_ptrs = _tile(weight_ptr, rows, cols, weight_row_stride, weight_col_stride)
+            w = _load_f32(w_ptrs, mask)
             if HAS_WD:
                 g = g + weight_decay * w
             w = w + neg_lr * tl.div_rn(g, std[:, None])
@@ -229,103 +219,73 @@ def _adam_kernel(
     for start in range(0, dim, BLOCK_D):
         cols = start + tl.arange(0, BLOCK_D)
         mask = row_mask[:, None] & (cols < dim)[None, :]
-        g = tl.load(
-            grad_ptr + local[:, None] * grad_row_stride + cols[None, :] * grad_col_stride,
-            mask=mask, other=0.0,
-        ).to(tl.float32)
-        m_ptrs = exp_avg_ptr + rows[:, None] * m_row_stride + cols[None, :] * m_col_stride
+        # every load is issued before the first store
+        g = _load_f32(_tile(grad_ptr, local, cols, grad_row_stride, grad_col_stride), mask)
+        m_ptrs = _tile(exp_avg_ptr, rows, cols, m_row_stride, m_col_stride)
+        v_ptrs = _tile(exp_avg_sq_ptr, rows, cols, v_row_stride, v_col_stride)
+        w_ptrs = _tile(weight_ptr, rows, cols, weight_row_stride, weight_col_stride)
         m = tl.load(m_ptrs, mask=mask, other=0.0)
-        m = m + (g - m) * one_minus_beta1
-        tl.store(m_ptrs, m, mask=mask)
-        v_ptrs = exp_avg_sq_ptr + rows[:, None] * v_row_stride + cols[None, :] * v_col_stride
         v = tl.load(v_ptrs, mask=mask, other=0.0)
+        w = _load_f32(w_ptrs, mask)
+        m = m + (g - m) * one_minus_beta1
         v = v + (g * g - v) * one_minus_beta2
+        tl.store(m_ptrs, m, mask=mask)
         tl.store(v_ptrs, v, mask=mask)
-        w_ptrs = weight_ptr + rows[:, None] * weight_row_stride + cols[None, :] * weight_col_stride
-        w = tl.load(w_ptrs, mask=mask, other=0.0).to(tl.float32)
         if HAS_DECAY:
             w = w * decay
         w = w + tl.div_rn(m, tl.sqrt_rn(v) + eps) * neg_step_size
         _store_rounded(w_ptrs, w, mask, seed, rows[:, None] * dim + cols[None, :], STOCHASTIC)
 
 
-def _blocks(dim: int) -> tuple[int, int]:
-    """(BLOCK_R, BLOCK_D): the dim in one chunk up to MAX_BLOCK_D, ~2048 elements a program."""
-    block_d = min(triton.next_power_of_2(max(dim, 1)), MAX_BLOCK_D)
-    block_r = max(1, min(BLOCK_ELEMENTS // block_d, MAX_BLOCK_R))
-    return block_r, block_d
-
-
-def _common(weight: Tensor, rows: Tensor, values: Tensor, sr_seed: int | None):
-    """Launch grid, block sizes, strides and the rounding switches shared by every launcher."""
-    block_r, block_d = _blocks(weight.shape[1])
-    grid = (triton.cdiv(rows.numel(), block_r),)
-    strides = (values.stride(0), values.stride(1), weight.stride(0), weight.stride(1))
+def _launch(kernel, weight: Tensor, rows: Tensor, values: Tensor, states: tuple[Tensor, ...],
+            scalars: tuple, sr_seed: int | None, **flags) -> None:
+    """The one launcher: grid and tile from the dim, the strides of the gradient, the weight and
+    each state tensor in the kernel's order, the rounding switches; then bump the version
+    counters of what the kernel wrote."""
+    if rows.numel() == 0 or weight.shape[1] == 0:
+        return
+    block_d, block_r = tile_for(
+        weight.shape[1], max_block_d=MAX_BLOCK_D, elements=BLOCK_ELEMENTS, max_rows=MAX_BLOCK_R
+    )
     stochastic = sr_seed is not None and weight.dtype in (torch.bfloat16, torch.float16)
-    seed = int(sr_seed) if stochastic else 0
-    return grid, strides, stochastic, seed, block_r, block_d
-
-
-def _skip(weight: Tensor, rows: Tensor) -> bool:
-    return rows.numel() == 0 or weight.shape[1] == 0
-
-
-def _written(*tensors: Tensor) -> None:
-    """Bump the autograd version counter of tensors a kernel wrote in place (torch's in-place
-    ops do it themselves; a Triton store does not)."""
-    for t in tensors:
-        torch.autograd.graph.increment_version(t)
+    state_strides = [stride for state in states for stride in state.stride()]
+    kernel[(triton.cdiv(rows.numel(), block_r),)](
+        rows, values, weight, *states, rows.numel(), weight.shape[0], weight.shape[1],
+        *values.stride(), *weight.stride(), *state_strides,
+        *scalars, int(sr_seed) if stochastic else 0,
+        STOCHASTIC=stochastic, BLOCK_R=block_r, BLOCK_D=block_d, **flags,
+    )
+    for written in (weight, *states):  # a Triton store bypasses autograd's version counter
+        torch.autograd.graph.increment_version(written)
 
 
 def sgd_update_(
     weight: Tensor, rows: Tensor, values: Tensor, *, neg_lr: float, weight_decay: float,
     sr_seed: int | None,
 ) -> None:
-    """Fused ``_sparse_rules.sgd_update_``."""
-    if _skip(weight, rows):
-        return
-    grid, strides, stochastic, seed, block_r, block_d = _common(weight, rows, values, sr_seed)
-    _sgd_kernel[grid](
-        rows, values, weight, rows.numel(), weight.shape[0], weight.shape[1], *strides,
-        neg_lr, weight_decay, seed,
-        HAS_WD=weight_decay != 0, STOCHASTIC=stochastic, BLOCK_R=block_r, BLOCK_D=block_d,
-    )
-    _written(weight)
+    """Fused ``sparsemb.torch_backend.optim.sgd_update_``."""
+    _launch(_sgd_kernel, weight, rows, values, (), (neg_lr, weight_decay), sr_seed,
+            HAS_WD=weight_decay != 0)
 
 
 def adagrad_update_(
     weight: Tensor, rows: Tensor, values: Tensor, state_sum: Tensor, *, neg_clr: float,
     eps: float, weight_decay: float, sr_seed: int | None,
 ) -> None:
-    """Fused ``_sparse_rules.adagrad_update_``."""
-    if _skip(weight, rows):
-        return
-    grid, strides, stochastic, seed, block_r, block_d = _common(weight, rows, values, sr_seed)
-    _adagrad_kernel[grid](
-        rows, values, weight, state_sum, rows.numel(), weight.shape[0], weight.shape[1],
-        *strides, *state_sum.stride(),
-        neg_clr, eps, weight_decay, seed,
-        HAS_WD=weight_decay != 0, STOCHASTIC=stochastic, BLOCK_R=block_r, BLOCK_D=block_d,
-    )
-    _written(weight, state_sum)
+    """Fused ``sparsemb.torch_backend.optim.adagrad_update_``."""
+    _launch(_adagrad_kernel, weight, rows, values, (state_sum,), (neg_clr, eps, weight_decay),
+            sr_seed, HAS_WD=weight_decay != 0)
 
 
 def rowwise_adagrad_update_(
     weight: Tensor, rows: Tensor, values: Tensor, state_sum: Tensor, *, neg_lr: float,
     eps: float, weight_decay: float, sr_seed: int | None,
 ) -> None:
-    """Fused ``_sparse_rules.rowwise_adagrad_update_``."""
-    if _skip(weight, rows):
-        return
-    grid, strides, stochastic, seed, block_r, block_d = _common(weight, rows, values, sr_seed)
-    _rowwise_adagrad_kernel[grid](
-        rows, values, weight, state_sum, rows.numel(), weight.shape[0], weight.shape[1],
-        *strides, state_sum.stride(0),
-        neg_lr, eps, weight_decay, seed,
-        HAS_WD=weight_decay != 0, STOCHASTIC=stochastic, ONE_CHUNK=weight.shape[1] <= block_d,
-        BLOCK_R=block_r, BLOCK_D=block_d,
-    )
-    _written(weight, state_sum)
+    """Fused ``sparsemb.torch_backend.optim.rowwise_adagrad_update_``."""
+    block_d = tile_for(weight.shape[1], max_block_d=MAX_BLOCK_D, elements=BLOCK_ELEMENTS).block_d
+    _launch(_rowwise_adagrad_kernel, weight, rows, values, (state_sum,),
+            (neg_lr, eps, weight_decay), sr_seed,
+            HAS_WD=weight_decay != 0, ONE_CHUNK=weight.shape[1] <= block_d)
 
 
 def adam_update_(
@@ -333,14 +293,7 @@ def adam_update_(
     one_minus_beta1: float, one_minus_beta2: float, eps: float, neg_step_size: float,
     decay: float, sr_seed: int | None,
 ) -> None:
-    """Fused ``_sparse_rules.adam_update_``."""
-    if _skip(weight, rows):
-        return
-    grid, strides, stochastic, seed, block_r, block_d = _common(weight, rows, values, sr_seed)
-    _adam_kernel[grid](
-        rows, values, weight, exp_avg, exp_avg_sq, rows.numel(), weight.shape[0],
-        weight.shape[1], *strides, *exp_avg.stride(), *exp_avg_sq.stride(),
-        one_minus_beta1, one_minus_beta2, eps, neg_step_size, decay, seed,
-        HAS_DECAY=decay != 1, STOCHASTIC=stochastic, BLOCK_R=block_r, BLOCK_D=block_d,
-    )
-    _written(weight, exp_avg, exp_avg_sq)
+    """Fused ``sparsemb.torch_backend.optim.adam_update_``."""
+    _launch(_adam_kernel, weight, rows, values, (exp_avg, exp_avg_sq),
+            (one_minus_beta1, one_minus_beta2, eps, neg_step_size, decay), sr_seed,
+            HAS_DECAY=decay != 1)

@@ -3,9 +3,15 @@
 Each raises a clear Python exception (TypeError for a wrong kind of value, ValueError for a wrong
 value) before any op runs, so a rejected call leaves the weight and optimizer state untouched.
 Index *ranges* are checked inside the ops (``_ops.check_index_range``), where the values are.
+The optimizers' options and gradient rows are checked here too.
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from numbers import Real
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -85,4 +91,57 @@ def check_table_args(
         raise ValueError(
             f"_weight has shape {tuple(_weight.shape)}, expected "
             f"(num_embeddings, embedding_dim) = ({num_embeddings}, {embedding_dim})"
+        )
+
+
+# ----- optimizer options and gradient rows
+
+
+def check_real(name: str, value: Any) -> float:
+    """``value`` as a finite float, or ValueError naming the option."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise ValueError(f"{name} must be a real number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return value
+
+
+def check_non_negative(name: str, value: Any) -> None:
+    if check_real(name, value) < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+
+
+def check_betas(value: Any) -> None:
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise ValueError(f"betas must be a pair (beta1, beta2), got {value!r}")
+    for i, beta in enumerate(value):
+        if not 0.0 <= check_real(f"betas[{i}]", beta) < 1.0:
+            raise ValueError(f"betas[{i}] must be in [0, 1), got {beta}")
+
+
+def check_common_options(options: dict[str, Any]) -> None:
+    check_non_negative("lr", options["lr"])
+    if not isinstance(options["stochastic_rounding"], bool):
+        raise ValueError(
+            f"stochastic_rounding must be True or False, got {options['stochastic_rounding']!r}"
+        )
+    seed = options["seed"]
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise ValueError(f"seed must be an int or None, got {seed!r}")
+
+
+def check_grad_rows(rows: Tensor, num_rows: int, what: Callable[[], str]) -> None:
+    """IndexError naming the first bad value when a row lies outside ``[0, num_rows)``.
+
+    One reduction and one host read: a row outside the table must not reach the kernels, which
+    would write outside the weight (the CPU rules would raise half way through a table)."""
+    if rows.numel() == 0:
+        return
+    low, high = (int(x) for x in torch.aminmax(rows))
+    if low < 0 or high >= num_rows:
+        bad = low if low < 0 else high
+        raise IndexError(
+            f"row {bad} of {what()} is outside the table's rows [0, {num_rows}); nothing was "
+            "updated"
         )

@@ -13,8 +13,10 @@ from types import SimpleNamespace
 import torch
 from torch import Tensor
 
-from sparsemb import _reference as ref
 from sparsemb._backend import kernel_module, uses_triton
+from sparsemb.torch_backend import gather as torch_gather
+from sparsemb.torch_backend import grad as torch_grad
+from sparsemb.torch_backend import renorm as torch_renorm
 
 # Each op is a plain function registered as a ``sparsemb::`` custom op. ``torch.compile`` traces
 # the registered ops (through their fake impls); eager code calls the functions directly through
@@ -56,11 +58,11 @@ def _renorm_impl(
         if check_bounds and unique.numel():
             check_index_range(unique[[0, -1]], weight.shape[0])
         kernels = kernel_module("renorm")
-        kernels.renorm_rows_(weight, unique, max_norm, norm_type, ref.RENORM_EPS)
+        kernels.renorm_rows_(weight, unique, max_norm, norm_type, torch_renorm.RENORM_EPS)
     else:
         if check_bounds:
             check_index_range(indices, weight.shape[0])
-        ref.renorm_(weight, indices, max_norm, norm_type)
+        torch_renorm.renorm_(weight, indices, max_norm, norm_type)
     torch.autograd.graph.increment_version(weight)
 
 
@@ -81,7 +83,7 @@ def _gather_impl(weight: Tensor, indices: Tensor, check_bounds: bool) -> Tensor:
         return out
     if check_bounds:
         check_index_range(indices, weight.shape[0])
-    return ref.gather(weight, indices)
+    return torch_gather.gather(weight, indices)
 
 
 gather = torch.library.custom_op("sparsemb::gather", _gather_impl, mutates_args=())
@@ -95,11 +97,11 @@ def _(weight, indices, check_bounds):
 def _dedup_grad_impl(
     grad: Tensor, indices: Tensor, num_weights: int, padding_idx: int, scale_grad_by_freq: bool
 ) -> tuple[Tensor, Tensor]:
-    """(unique rows ascending, summed gradient rows) of a lookup; see ``_reference.dedup_grad``."""
+    """(unique rows ascending, summed gradient rows) of a lookup; see ``torch_backend.grad``."""
     args = (grad, indices, num_weights, padding_idx, scale_grad_by_freq)
     if uses_triton(grad):
         return kernel_module("grad").dedup_grad(*args)
-    return ref.dedup_grad(*args)
+    return torch_grad.dedup_grad(*args)
 
 
 dedup_grad = torch.library.custom_op("sparsemb::dedup_grad", _dedup_grad_impl, mutates_args=())
@@ -119,7 +121,7 @@ def _dense_grad_impl(
     if uses_triton(grad):
         kernels = kernel_module("grad")
         return kernels.dense_grad(grad, indices, num_weights, padding_idx, scale_grad_by_freq)
-    return ref.dense_grad(grad, indices, num_weights, padding_idx, scale_grad_by_freq)
+    return torch_grad.dense_grad(grad, indices, num_weights, padding_idx, scale_grad_by_freq)
 
 
 dense_grad = torch.library.custom_op("sparsemb::dense_grad", _dense_grad_impl, mutates_args=())
@@ -134,7 +136,7 @@ def _dense_grad_backward_impl(
     grad_grad: Tensor, indices: Tensor, padding_idx: int, scale_grad_by_freq: bool
 ) -> Tensor:
     """Adjoint of ``dense_grad`` (double backward): a scaled, padding-masked gather."""
-    return ref.dense_grad_backward(grad_grad, indices, padding_idx, scale_grad_by_freq)
+    return torch_grad.dense_grad_backward(grad_grad, indices, padding_idx, scale_grad_by_freq)
 
 
 dense_grad_backward = torch.library.custom_op(

@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from sparsemb import _autograd, _ops
-from sparsemb._autograd import _FUSED_UPDATE as FUSED_UPDATE_ATTR  # noqa: F401 (optim, for now)
 from sparsemb._checks import check_lookup_args, normalize_padding_idx
 
 

@@ -608,10 +608,10 @@ def test_wrapper_with_param_groups_and_a_torch_sparse_rule():
     "dtype, sr", [(torch.float32, False), (torch.float64, False), (torch.bfloat16, True)]
 )
 def test_cpu_rules_in_row_blocks_equal_one_block(rule, dtype, sr, monkeypatch):
-    from sparsemb import _sparse_rules
+    from sparsemb.torch_backend import optim as torch_rules
 
     def run(block_elements):
-        monkeypatch.setattr(_sparse_rules, "_BLOCK_ELEMENTS", block_elements)
+        monkeypatch.setattr(torch_rules, "_BLOCK_ELEMENTS", block_elements)
         gen = torch.Generator().manual_seed(11)
         p = nn.Parameter(torch.randn(V, D, generator=gen).to(dtype))
         opt = ALL_RULES[rule]([p])

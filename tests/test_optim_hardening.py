@@ -112,15 +112,15 @@ def test_kernels_skip_rows_outside_the_table(rule, dim, triton_backend):
     """Defence in depth for callers that skip the check: rows -1 and V go nowhere (the guard
     rows around the table and its state stay as they were), the rows in range are updated as
     the CPU rule updates them alone."""
-    from sparsemb import _sparse_rules
     from sparsemb._backend import kernel_module
+    from sparsemb.torch_backend import optim as torch_rules
 
     dev = triton_backend.device
     per_column, scalars = KERNEL_CASES[rule]
     values = torch.randn(4, dim, generator=torch.Generator().manual_seed(9)).to(dev)
     results = []
     for module, rows, vals in ((kernel_module("optim"), [-1, 2, 5, V], values),
-                               (_sparse_rules, [2, 5], values[1:3])):
+                               (torch_rules, [2, 5], values[1:3])):
         gen = torch.Generator().manual_seed(0)
         buffer = torch.randn(V + 2, dim, generator=gen).to(dev)
         states = [torch.rand((V + 2, dim) if full else (V + 2,), generator=gen).to(dev)

@@ -2,8 +2,8 @@
 
 Every test takes the ``triton_backend`` fixture: the tensors live on the GPU where there is one,
 else on CPU under Triton's interpreter (conftest sets TRITON_INTERPRET). Each launcher is called
-with the same arguments as its ``_sparse_rules`` twin (run on the same device); the optimizers
-are then driven end to end with SPARSEMB_BACKEND=triton against torch.optim.
+with the same arguments as its ``sparsemb.torch_backend.optim`` twin (run on the same device);
+the optimizers are then driven end to end with SPARSEMB_BACKEND=triton against torch.optim.
 """
 
 import pytest
@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 import sparsemb.optim as so
-from sparsemb import _sparse_rules as rules
 from sparsemb._backend import kernel_module
+from sparsemb.torch_backend import optim as rules
 
 # (weight tolerance, state tolerance) as (rtol, atol): float32 differs from the CPU rule by an
 # ulp where torch fuses a multiply-add; a 16-bit table can then round the other way (one ulp)

@@ -1,8 +1,8 @@
-"""Pure-PyTorch implementations of every sparsemb op.
+"""Deduplicated embedding gradient in pure PyTorch; mirrors ``kernels/grad.py``.
 
-This is the CPU backend and the tests' second oracle (after ``torch.nn.Embedding``): the Triton
-kernels in ``sparsemb.kernels`` compute exactly these functions. Every function takes the
-indices already flattened to 1-D and validated.
+Every function takes the indices flattened to 1-D. Sums run in float32 (float64 for float64
+tables) in index order, so results are deterministic; the Triton kernels compute the same
+functions.
 """
 
 from __future__ import annotations
@@ -10,43 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-RENORM_EPS = 1e-7  # torch adds this to the norm before dividing: scale = max_norm / (norm + eps)
-
-
-def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Sums of gradient rows run in float32 (float64 stays float64)."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def row_norms(rows: Tensor, norm_type: float) -> Tensor:
-    """The norm_type-norm of each row, computed in the accumulation dtype."""
-    return torch.linalg.vector_norm(rows.to(accumulation_dtype(rows.dtype)), ord=norm_type, dim=1)
-
-
-def renorm_scales(norms: Tensor, max_norm: float) -> Tensor:
-    """Per-row factor: max_norm / (norm + 1e-7) where norm > max_norm, else 1."""
-    scale = max_norm / (norms + RENORM_EPS)
-    return torch.where(norms > max_norm, scale, torch.ones_like(scale))
-
-
-def renorm_(weight: Tensor, indices: Tensor, max_norm: float, norm_type: float) -> None:
-    """Rescale, in place, each unique looked-up row whose norm exceeds max_norm."""
-    rows_ids = torch.unique(indices).to(torch.int64)  # index_copy_ takes int64 only
-    if rows_ids.numel() == 0 or weight.shape[1] == 0:
-        return
-    rows = weight.index_select(0, rows_ids)
-    scales = renorm_scales(row_norms(rows, norm_type), max_norm)
-    over = scales < 1
-    if not bool(over.any()):
-        return
-    rows_ids, rows, scales = rows_ids[over], rows[over], scales[over]
-    scaled = (rows.to(scales.dtype) * scales.unsqueeze(1)).to(weight.dtype)
-    weight.index_copy_(0, rows_ids, scaled)
-
-
-def gather(weight: Tensor, indices: Tensor) -> Tensor:
-    """Rows ``weight[indices]`` as an (N, D) tensor."""
-    return weight.index_select(0, indices)
+from sparsemb._dtypes import state_dtype
 
 
 def sorted_segments(indices: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -77,7 +41,7 @@ def dedup_grad(
     in the batch; the padding row (``padding_idx >= 0``) and rows outside the table are dropped.
     """
     unique, inverse, counts = sorted_segments(indices.to(torch.int64))
-    acc = accumulation_dtype(grad.dtype)
+    acc = state_dtype(grad.dtype)
     values = torch.zeros(unique.numel(), grad.shape[1], dtype=acc, device=grad.device)
     values.index_add_(0, inverse, grad.to(acc))
     if scale_grad_by_freq:

@@ -1,4 +1,4 @@
-"""Pure-PyTorch sparse update rules: the CPU backend of ``sparsemb.optim`` and the kernels' oracle.
+"""Pure-PyTorch sparse update rules, the CPU path of ``sparsemb.optim``; mirrors kernels/optim.py.
 
 Every ``*_update_`` function takes a table ``weight`` (V, D), the unique rows ``rows`` (U,) int64
 of a coalesced gradient and its ``values`` (U, D), the optimizer state tensors and the scalars the
@@ -21,12 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-HALF_DTYPES = (torch.bfloat16, torch.float16)
-
-
-def state_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Optimizer state and update arithmetic: float32, or float64 for float64 tables."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+from sparsemb._dtypes import HALF_DTYPES, state_dtype
 
 
 def stochastic_round(x: Tensor, dtype: torch.dtype, seed: int) -> Tensor:
