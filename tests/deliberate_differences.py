@@ -7,6 +7,7 @@ torch, all deliberate"). An entry here is a design decision, not a known bug: kn
 """
 
 import torch
+import torch.nn.functional as F
 
 DIFFERENCES = {
     "validates_first": (
@@ -82,3 +83,19 @@ def grad_accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
 def torch_can_take(sparse: bool, scale_grad_by_freq: bool, index_dim: int) -> bool:
     """Whether torch's sparse=True path accepts this call (else the oracle uses sparse=False)."""
     return sparse and not scale_grad_by_freq and index_dim > 0
+
+
+def torch_weight_grad(
+    indices, grad_out, num_embeddings, padding_idx=None, scale_grad_by_freq=False
+):
+    """The gradient oracle: torch's dense weight gradient of a lookup, summed in the dtype
+    sparsemb sums in (float32_grad_accumulation) and rounded to ``grad_out``'s dtype."""
+    acc = grad_accumulation_dtype(grad_out.dtype)
+    weight = torch.zeros(
+        num_embeddings, grad_out.shape[-1], dtype=acc, device=grad_out.device, requires_grad=True
+    )
+    out = F.embedding(
+        indices, weight, padding_idx=padding_idx, scale_grad_by_freq=scale_grad_by_freq
+    )
+    out.backward(grad_out.to(acc))
+    return weight.grad.to(grad_out.dtype)

@@ -3,7 +3,8 @@
 Random configurations cross index layouts (contiguous, strided, expanded, transposed), index
 dtypes, table layouts (contiguous, transposed, row- and column-strided), table dtypes, max_norm
 and norm_type (NaN and inf rows in the table), padding_idx, scale_grad_by_freq and sparse. Each
-compares the output, the weight after the call (max_norm renorms in place) and the gradient.
+compares the output, the weight after the call (max_norm renorms in place) and the gradient
+(output gradients are integer-valued: sums are exact in float32, whatever the order).
 The seed of each configuration is printed and in every assertion message; set
 ``SPARSEMB_TEST_SEED`` to draw other configurations. Each side builds its own tensors from the
 seed, so torch and sparsemb never share a tensor object. Where the two differ on purpose, the
@@ -17,10 +18,10 @@ from dataclasses import dataclass
 import pytest
 import torch
 import torch.nn.functional as F
+from deliberate_differences import grad_accumulation_dtype, torch_can_take, torch_weight_grad
 
 import sparsemb
-from deliberate_differences import grad_accumulation_dtype, torch_can_take
-from helpers import TOLERANCES, dense
+from helpers import TOLERANCES, dense, integer_grad
 
 BASE_SEED = int(os.environ.get("SPARSEMB_TEST_SEED", "0"))
 INDEX_LAYOUTS = ("contiguous", "strided", "expanded", "transposed")
@@ -122,6 +123,11 @@ def make_weight(num_embeddings, dim, dtype, layout, seed, special_rows=(), devic
     return weight
 
 
+def explain(context):
+    """An assert_close message that puts ``context`` above torch's own report."""
+    return lambda report: f"{context}\n{report}"
+
+
 def assert_layout(tensor, layout):
     """The builders must really produce the layout under test (else the test proves nothing)."""
     if layout != "contiguous" and tensor.dim() and min(tensor.shape) > 1:
@@ -140,27 +146,27 @@ def run_side(fn, cfg, device, sparse):
     assert_layout(weight, cfg.weight_layout)
     assert_layout(idx, cfg.index_layout)
     out = fn(
-        idx, weight, padding_idx=cfg.padding_idx, max_norm=cfg.max_norm,
-        norm_type=cfg.norm_type, scale_grad_by_freq=cfg.scale_grad_by_freq, sparse=sparse,
+        idx,
+        weight,
+        padding_idx=cfg.padding_idx,
+        max_norm=cfg.max_norm,
+        norm_type=cfg.norm_type,
+        scale_grad_by_freq=cfg.scale_grad_by_freq,
+        sparse=sparse,
     )
-    g = torch.Generator().manual_seed(cfg.seed + 1)
-    out.backward(torch.randn(out.shape, generator=g).to(cfg.dtype).to(device))
+    out.backward(integer_grad(out.shape, cfg.dtype, cfg.seed + 1, device))
     return out.detach(), weight.detach(), weight.grad, idx
 
 
 def grad_oracle(cfg, device):
     """torch's dense gradient, summed in the dtype sparsemb sums in (float32_grad_accumulation)."""
-    acc = grad_accumulation_dtype(cfg.dtype)
-    weight = torch.zeros(cfg.num_embeddings, cfg.dim, dtype=acc, device=device).requires_grad_()
     idx = make_indices(
         cfg.index_shape, cfg.num_embeddings, cfg.index_layout, cfg.index_dtype, cfg.seed, device
     )
-    out = F.embedding(
-        idx, weight, padding_idx=cfg.padding_idx, scale_grad_by_freq=cfg.scale_grad_by_freq
+    grad_out = integer_grad((*idx.shape, cfg.dim), cfg.dtype, cfg.seed + 1, device)
+    return torch_weight_grad(
+        idx, grad_out, cfg.num_embeddings, cfg.padding_idx, cfg.scale_grad_by_freq
     )
-    g = torch.Generator().manual_seed(cfg.seed + 1)
-    out.backward(torch.randn(out.shape, generator=g).to(cfg.dtype).to(device).to(acc))
-    return weight.grad.to(cfg.dtype)
 
 
 def check_against_torch(cfg, device):
@@ -173,12 +179,12 @@ def check_against_torch(cfg, device):
     assert out.shape == ref_out.shape and out.dtype == ref_out.dtype, msg
     # The output is a gather of our own weight after the renorm: exact.
     torch.testing.assert_close(
-        out, weight[idx.long()], rtol=0, atol=0, equal_nan=True, msg=lambda m: f"{msg}\n{m}"
+        out, weight[idx.long()], rtol=0, atol=0, equal_nan=True, msg=explain(msg)
     )
     atol, rtol = (0, 0) if cfg.max_norm is None else TOLERANCES[cfg.dtype]
     for ours, theirs in ((weight, ref_weight), (out, ref_out)):
         torch.testing.assert_close(
-            ours, theirs, atol=atol, rtol=rtol, equal_nan=True, msg=lambda m: f"{msg}\n{m}"
+            ours, theirs, atol=atol, rtol=rtol, equal_nan=True, msg=explain(msg)
         )
 
     assert grad is not None and grad.is_sparse == cfg.sparse, msg
@@ -187,9 +193,7 @@ def check_against_torch(cfg, device):
     same_sums = grad_accumulation_dtype(cfg.dtype) == cfg.dtype
     expected = dense(ref_grad) if same_sums else grad_oracle(cfg, device)
     atol, rtol = TOLERANCES[cfg.dtype]
-    torch.testing.assert_close(
-        dense(grad), expected, atol=atol, rtol=rtol, msg=lambda m: f"{msg}\n{m}"
-    )
+    torch.testing.assert_close(dense(grad), expected, atol=atol, rtol=rtol, msg=explain(msg))
 
 
 @pytest.mark.parametrize("backend, seed", CASES, indirect=["backend"])
@@ -204,10 +208,20 @@ def test_index_layouts_read_the_right_rows(backend, index_layout, index_shape):
     ``idx[:, 0]`` of a 2-column tensor)."""
     for weight_layout in WEIGHT_LAYOUTS:
         cfg = Config(
-            seed=7, num_embeddings=11, dim=3, dtype=torch.float32, weight_layout=weight_layout,
-            index_shape=index_shape, index_dtype=torch.int64, index_layout=index_layout,
-            padding_idx=None, max_norm=None, norm_type=2.0, scale_grad_by_freq=False,
-            sparse=False, special_values=False,
+            seed=7,
+            num_embeddings=11,
+            dim=3,
+            dtype=torch.float32,
+            weight_layout=weight_layout,
+            index_shape=index_shape,
+            index_dtype=torch.int64,
+            index_layout=index_layout,
+            padding_idx=None,
+            max_norm=None,
+            norm_type=2.0,
+            scale_grad_by_freq=False,
+            sparse=False,
+            special_values=False,
         )
         check_against_torch(cfg, backend.device)
 
@@ -227,9 +241,19 @@ def test_max_norm_with_nan_and_inf_rows(backend, norm_type, dtype, index_dtype):
     """torch leaves a NaN row as it is (its norm is not > max_norm) and turns an inf row into
     0 and NaN (scale 0); every other looked-up row is renormalized."""
     cfg = Config(
-        seed=3, num_embeddings=6, dim=5, dtype=dtype, weight_layout="contiguous",
-        index_shape=(8,), index_dtype=index_dtype, index_layout="contiguous", padding_idx=None,
-        max_norm=1.0, norm_type=norm_type, scale_grad_by_freq=False, sparse=False,
+        seed=3,
+        num_embeddings=6,
+        dim=5,
+        dtype=dtype,
+        weight_layout="contiguous",
+        index_shape=(8,),
+        index_dtype=index_dtype,
+        index_layout="contiguous",
+        padding_idx=None,
+        max_norm=1.0,
+        norm_type=norm_type,
+        scale_grad_by_freq=False,
+        sparse=False,
         special_values=True,
     )
     check_against_torch(cfg, backend.device)
