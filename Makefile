@@ -11,7 +11,7 @@ test: setup
 
 bench:
 	bash scripts/setup.sh --bench
-	$(PYTHON_VENV) -m sparsemb.bench --quick
+	$(PYTHON_VENV) -m bench.harness --quick
 
 lint:
-	$(PYTHON_VENV) -m ruff check sparsemb kernels tests bench examples
+	$(PYTHON_VENV) -m ruff check sparsemb kernels tests bench examples conftest.py

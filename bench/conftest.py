@@ -3,7 +3,7 @@
 Each benchmark group is one workload of one kind of work (``forward``, ``fwd_bwd_sparse``,
 ``step_adam``, ...) and holds every provider of that work on identical inputs: sparsemb (ours),
 ``torch.nn.Embedding`` with torch's optimizers, ``torch.compile`` of it, FBGEMM's TBE. The
-workloads and providers are ``sparsemb._bench_workloads``, shared with ``python -m sparsemb.bench``.
+workloads and providers are ``bench.harness``, shared with the report (``python -m bench.harness``).
 
 Knobs (option or environment variable):
   --bench-grid / SPARSEMB_BENCH_GRID   smoke | default | full. default: on CPU the report's quick
@@ -15,28 +15,38 @@ Knobs (option or environment variable):
   --bench-device / SPARSEMB_BENCH_DEVICE  cpu | cuda (default: cuda when present).
   --bench-compile / SPARSEMB_BENCH_COMPILE=1  torch.compile peers on CPU (on CUDA they always
                                        run; on CPU each compile costs seconds, so off by default).
-  SPARSEMB_BENCH_JSON=0                no automatic JSON. Otherwise, when benchmarks run and no
-                                       --benchmark-json is given, the JSON goes to
+  --bench-out DIR                      folder of the summary JSON (default bench/out/, ignored by
+                                       git): DIR/pytest-<device>-<date>.json, one row per benchmark
+                                       (median, extra_info). SPARSEMB_BENCH_JSON=0: no summary.
+  --benchmark-json PATH                pytest-benchmark's own JSON (every timing), ratios included;
+                                       to record a run: --benchmark-json
                                        bench/results/pytest-<device>-<date>.json.
 
 Every benchmark's extra_info carries the workload, unique rows, peak memory (see
-``PeakMemory``), bytes per step and GB/s (gathers, optimizer steps), and, filled in at the end of
-the session, ``ratio_vs_ours`` (this provider's median / sparsemb's, > 1: sparsemb is faster)
-and on sparsemb's row ``peer_ratios``.
+``PeakMemory``) and bytes per step; the summary and pytest-benchmark's JSON (through its public
+``pytest_benchmark_update_json`` hook) add GB/s (gathers, optimizer steps), ``ratio_vs_ours``
+(this provider's median / sparsemb's, > 1: sparsemb is faster) and on sparsemb's row
+``peer_ratios``. Nothing here touches pytest-benchmark's private session object.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from sparsemb import _bench_workloads as bw
+from bench.harness import measure
+from bench.harness import workloads as wl
+from bench.harness.providers import GROUPS, Unavailable
 
 GRIDS = ("smoke", "default", "full")
+TIMED = pytest.StashKey[list]()  # (extra_info, median seconds) of each timed benchmark
+SUMMARY_PATH = pytest.StashKey[Path]()  # where the summary JSON went
 
 
 def pytest_addoption(parser):
@@ -46,6 +56,8 @@ def pytest_addoption(parser):
     group.addoption(
         "--bench-compile", action="store_true", default=False, help="torch.compile peers on CPU"
     )
+    group.addoption("--bench-out", type=Path, default=None,
+                    help="folder of the summary JSON (default: bench/out/)")
 
 
 def bench_grid(config) -> str:
@@ -73,19 +85,23 @@ def compile_enabled(config) -> bool:
     return bool(config.getoption("--bench-compile") or env)
 
 
-def workloads(config) -> list[bw.Workload]:
+def workloads(config) -> list[wl.Workload]:
     grid = bench_grid(config)
     if grid == "smoke":
-        return [bw.Workload(1000, 16, 256, "zipf", dt) for dt in ("float32", "bfloat16")]
+        return [wl.Workload(1000, 16, 256, "zipf", dt) for dt in ("float32", "bfloat16")]
     if grid == "full":
-        return bw.grid("full")
+        return wl.grid("full")
     if bench_device(config).type == "cuda":
         return [
-            bw.Workload(10**6, 128),
-            bw.Workload(10**7, 128),
-            bw.Workload(10**6, 128, dtype="bfloat16"),
+            wl.Workload(10**6, 128),
+            wl.Workload(10**7, 128),
+            wl.Workload(10**6, 128, dtype="bfloat16"),
         ]
-    return [bw.Workload(v, 128) for v in (10**5, 10**6)]
+    return [wl.Workload(v, 128) for v in (10**5, 10**6)]
+
+
+def pytest_configure(config):
+    config.stash[TIMED] = []
 
 
 def pytest_report_header(config):
@@ -119,7 +135,7 @@ def pytest_generate_tests(metafunc):
     params, ids = [], []
     for w in workloads(metafunc.config):
         for g in groups:
-            for p in bw.GROUPS[g].providers:
+            for p in GROUPS[g].providers:
                 params.append((w, g, p.name))
                 ids.append(f"{g}|{w.slug()}|{p.name}")
     metafunc.parametrize("bench_case", params, ids=ids)
@@ -130,13 +146,13 @@ class _InputsCache:
 
     def __init__(self, device: torch.device):
         self.device = device
-        self.workload: bw.Workload | None = None
-        self.inputs: bw.Inputs | None = None
+        self.workload: wl.Workload | None = None
+        self.inputs: wl.Inputs | None = None
 
-    def get(self, workload: bw.Workload) -> bw.Inputs:
+    def get(self, workload: wl.Workload) -> wl.Inputs:
         if workload != self.workload:
             self.inputs = None
-            self.inputs = bw.make_inputs(workload, self.device)
+            self.inputs = wl.make_inputs(workload, self.device)
             self.workload = workload
         return self.inputs
 
@@ -158,30 +174,30 @@ class BenchEnv:
 
     def run(self, benchmark, bench_case) -> None:
         workload, group_name, provider_name = bench_case
-        group = bw.GROUPS[group_name]
+        group = GROUPS[group_name]
         provider = group.provider(provider_name)
         if provider.needs_compile and not self.compile:
             pytest.skip("torch.compile peers are off on CPU (--bench-compile to include them)")
-        reason = bw.memory_check(provider, workload, self.device)
+        reason = measure.memory_check(provider, workload, self.device)
         if reason:
             pytest.skip(reason)
         inputs = self.cache.get(workload)
         benchmark.group = f"{group_name} | {workload.label()} | {self.device.type}"
-        mem = bw.PeakMemory(self.device)
+        mem = measure.PeakMemory(self.device)
         with mem:
             try:
                 case = provider.build(inputs)
-            except bw.Unavailable as exc:
+            except Unavailable as exc:
                 pytest.skip(str(exc))
-            run = bw.timed(case.step, self.device)
+            run = measure.timed(case.step, self.device)
             rounds, warmup, iterations = self._rounds(run)
             benchmark.pedantic(run, rounds=rounds, warmup_rounds=warmup, iterations=iterations)
             weights_b, state_b = case.resident_bytes()
             state_row = case.state_row_bytes(workload.num_embeddings)
         if group.kind == "forward":
-            nbytes = bw.gather_bytes(workload, inputs.unique_rows, "max_norm" in group_name)
+            nbytes = measure.gather_bytes(workload, inputs.unique_rows, "max_norm" in group_name)
         elif group.kind == "optim":
-            nbytes = bw.optimizer_bytes(workload, inputs.unique_rows, state_row)
+            nbytes = measure.optimizer_bytes(workload, inputs.unique_rows, state_row)
         else:
             nbytes = None
         benchmark.extra_info.update(
@@ -203,6 +219,9 @@ class BenchEnv:
                 else mem.peak_bytes - weights_b - state_b,
             }
         )
+        stats = getattr(benchmark, "stats", None)  # None under --benchmark-disable
+        if stats is not None:
+            self.config.stash[TIMED].append((benchmark.extra_info, stats.stats.median))
 
     def _rounds(self, run) -> tuple[int, int, int]:
         """(rounds, warmup rounds, iterations per round): two probe steps, then about 2 s (CPU)
@@ -210,8 +229,6 @@ class BenchEnv:
         synchronize) for about 5 ms, so short kernels are not timed against the timer."""
         if self.smoke:
             return 1, 0, 1
-        import time
-
         run()  # first call: lazy state, compilation, allocator warm-up
         t1 = time.perf_counter()
         run()
@@ -224,51 +241,27 @@ class BenchEnv:
         return rounds, (0 if probe > 0.5 else 2), iterations
 
 
-# ----- the JSON file and the peer ratios ----------------------------------------------------
+# ----- GB/s and peer ratios: the summary JSON, pytest-benchmark's JSON, the terminal ----------
 
 
-@pytest.hookimpl(trylast=True)
-def pytest_configure(config):
-    session = getattr(config, "_benchmarksession", None)
-    if session is None or session.json or session.disabled:
-        return
-    if os.environ.get("SPARSEMB_BENCH_JSON", "1") in ("", "0") or bench_grid(config) == "smoke":
-        return
-    folder = Path(config.rootpath) / "bench" / "results"
-    folder.mkdir(parents=True, exist_ok=True)
-    today = _dt.date.today().isoformat()
-    session.json = folder / f"pytest-{bench_device(config).type}-{today}.json"
-
-
-def _medians(session) -> list[tuple]:
-    out = []
-    for bench in getattr(session, "benchmarks", []):
-        if not bench:
-            continue
-        out.append((bench, bench.extra_info, bench.stats.median))
+def derived(entries: list[tuple[dict, float]]) -> list[dict]:
+    """For each (extra_info, median s): GB/s, this provider's median over ours, and on ours
+    ``peer_ratios`` ({peer: ratio}), within each (group, device, workload)."""
+    ours = {_key(info): median for info, median in entries if info.get("ours")}
+    out = [{} for _ in entries]
+    by_key = {}
+    for (info, median), extra in zip(entries, out, strict=True):
+        if info.get("bytes_per_step"):
+            extra["gbps"] = info["bytes_per_step"] / median / 1e9
+        if _key(info) in ours:
+            extra["ratio_vs_ours"] = median / ours[_key(info)]
+        if info.get("ours"):
+            by_key[_key(info)] = extra
+    for (info, _), extra in zip(entries, out, strict=True):
+        hit = by_key.get(_key(info))
+        if hit is not None and not info.get("ours") and "ratio_vs_ours" in extra:
+            hit.setdefault("peer_ratios", {})[info["provider"]] = extra["ratio_vs_ours"]
     return out
-
-
-@pytest.hookimpl(hookwrapper=True, tryfirst=True)
-def pytest_sessionfinish(session, exitstatus):
-    """Before pytest-benchmark writes its JSON: GB/s and peer ratios into extra_info."""
-    bsession = getattr(session.config, "_benchmarksession", None)
-    if bsession is not None:
-        rows = _medians(bsession)
-        ours = {}
-        for _, info, median in rows:
-            if info.get("ours"):
-                ours[_key(info)] = (info, median)
-        for _, info, median in rows:
-            if info.get("bytes_per_step"):
-                info["gbps"] = info["bytes_per_step"] / median / 1e9
-            hit = ours.get(_key(info))
-            if hit is None:
-                continue
-            info["ratio_vs_ours"] = median / hit[1]
-            if info is not hit[0]:
-                hit[0].setdefault("peer_ratios", {})[info["provider"]] = median / hit[1]
-    yield
 
 
 def _key(info: dict) -> tuple:
@@ -276,15 +269,46 @@ def _key(info: dict) -> tuple:
     return (info.get("group"), info.get("device"), tuple(sorted(w.items())))
 
 
-def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    bsession = getattr(config, "_benchmarksession", None)
-    rows = _medians(bsession) if bsession is not None else []
-    ours = [info for _, info, _ in rows if info.get("ours") and info.get("peer_ratios")]
-    if not ours:
+@pytest.hookimpl(optionalhook=True)
+def pytest_benchmark_update_json(config, benchmarks, output_json):
+    """pytest-benchmark's public hook: the same GB/s and ratios into its JSON's extra_info."""
+    rows = [b for b in output_json.get("benchmarks", []) if "group" in b.get("extra_info", {})]
+    entries = [(b["extra_info"], b["stats"]["median"]) for b in rows]
+    for b, extra in zip(rows, derived(entries), strict=True):
+        b["extra_info"] = {**b["extra_info"], **extra}
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The summary JSON, into --bench-out (bench/out/ by default: git-ignored)."""
+    config = session.config
+    entries = config.stash.get(TIMED, [])
+    if not entries or os.environ.get("SPARSEMB_BENCH_JSON", "1") in ("", "0"):
         return
+    folder = config.getoption("--bench-out") or Path(config.rootpath) / "bench" / "out"
+    folder.mkdir(parents=True, exist_ok=True)
+    device = bench_device(config).type
+    rows = [
+        {**info, "median_s": median, **extra}
+        for (info, median), extra in zip(entries, derived(entries), strict=True)
+    ]
+    payload = {"device": device, "grid": bench_grid(config),
+               "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+               "torch": torch.__version__, "benchmarks": rows}
+    path = folder / f"pytest-{device}-{_dt.date.today().isoformat()}.json"
+    path.write_text(json.dumps(payload, indent=1, default=str))
+    config.stash[SUMMARY_PATH] = path
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    entries = config.stash.get(TIMED, [])
+    rows = [(info, extra) for (info, _), extra in zip(entries, derived(entries), strict=True)]
+    ours = [(info, extra) for info, extra in rows if info.get("ours") and extra.get("peer_ratios")]
     tr = terminalreporter
-    tr.write_sep("-", "sparsemb speedup over each peer (peer median / sparsemb median)")
-    for info in ours:
-        w = bw.Workload(**info["workload"])
-        ratios = ", ".join(f"{k}: {v:.2f}x" for k, v in info["peer_ratios"].items())
+    if ours:
+        tr.write_sep("-", "sparsemb speedup over each peer (peer median / sparsemb median)")
+    for info, extra in ours:
+        w = wl.Workload(**info["workload"])
+        ratios = ", ".join(f"{k}: {v:.2f}x" for k, v in extra["peer_ratios"].items())
         tr.write_line(f"{info['group']} | {w.label()}: {ratios}")
+    if SUMMARY_PATH in config.stash:
+        tr.write_line(f"summary: {config.stash[SUMMARY_PATH]}")

@@ -1,28 +1,30 @@
 """Time the report's Adam training-step providers in this process, back to back.
 
-Used to check the report's figures outside its subprocess harness, and to show the effect of
-glibc's malloc thresholds on CPU step time (see bench/results/cpu-2026-11-25/ANALYSIS.md):
+Used to check the report's figures outside its subprocess harness (no memory measurement, no
+``malloc_trim`` between providers), and to show the effect of glibc's malloc thresholds on CPU
+step time (see bench/results/cpu-2026-11-25/ANALYSIS.md). From the repository root:
 
-    python bench/step_in_process_cpu.py
-    MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=4294967296 \
-        python bench/step_in_process_cpu.py
+    python -m bench.step_in_process_cpu
+    MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=4294967296 \\
+        python -m bench.step_in_process_cpu
 """
 
 import statistics
 import time
 
-import sparsemb._bench_workloads as bw
+from bench.harness.providers import GROUPS, STEP_ADAM, Unavailable
+from bench.harness.workloads import grid, make_inputs
 
 
 def main(steps: int = 8, warmup: int = 3) -> None:
-    workload = bw.grid("quick")[0]  # V=1e6, D=128, N=65,536 Zipf, float32
-    inputs = bw.make_inputs(workload)
-    for provider in bw.all_groups()["step_adam"].providers:
+    workload = grid("quick")[0]  # V=1e6, D=128, N=65,536 Zipf, float32
+    inputs = make_inputs(workload)
+    for provider in GROUPS[STEP_ADAM].providers:
         if "dense" in provider.name:
             continue  # seconds per step: not what this script is for
         try:
             case = provider.build(inputs)
-        except bw.Unavailable as exc:
+        except Unavailable as exc:
             print(f"{provider.name:40s} skipped: {exc}")
             continue
         for _ in range(warmup):

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything a CUDA machine should check, in one command, into one folder:
 #   1. the full test suite on the GPU, Triton compiled for real (no interpreter);
-#   2. the GPU report: python -m sparsemb.bench --quick --device cuda (tables, JSON, PNG);
+#   2. the GPU report: python -m bench.harness --quick --device cuda (tables, JSON, PNG);
 #   3. the GPU pytest-benchmark suites (bench/, default grid) with their JSON.
 #
 # Usage:  bash scripts/gpu_all.sh [OUT_DIR]        (default: bench/results/gpu-<date>/)
@@ -10,6 +10,7 @@
 #         OUT_DIR/report.md          the report's tables and targets (report.log: its console)
 #         OUT_DIR/results.json       the report's raw numbers;  OUT_DIR/plot.png  its plot
 #         OUT_DIR/pytest-bench.json  pytest-benchmark's JSON (pytest-bench.log: its console)
+#         OUT_DIR/pytest-cuda-<date>.json  the suites' summary: median, GB/s, peer ratios per case
 #         OUT_DIR/worker-logs.tar.gz the report's per-workload worker logs
 # Fits in ~8 minutes on an H100: each phase has a wall-clock budget (seconds; override with
 # GPU_ALL_TESTS_S, GPU_ALL_REPORT_S, GPU_ALL_BENCH_S). The report stops starting new
@@ -100,16 +101,16 @@ run tests "$T_TESTS" "$OUT/tests.log" \
   "$PY" -m pytest "${TEST_TARGETS[@]}" -q -p no:cacheprovider
 
 run report "$T_REPORT" "$OUT/report.log" \
-  "$PY" -m sparsemb.bench "$REPORT_SIZE" --device "$DEVICE" --out "$OUT" --no-progress \
+  "$PY" -m bench.harness "$REPORT_SIZE" --device "$DEVICE" --out "$OUT" --no-progress \
   --time-limit $((T_REPORT - 25))
 if [ -d "$OUT/logs" ]; then
   tar czf "$OUT/worker-logs.tar.gz" -C "$OUT" logs && rm -rf "$OUT/logs"
 fi
 
 if "$PY" -c 'import pytest_benchmark' 2>/dev/null; then
-  if [ "$DRY" != "0" ]; then BENCH_MODE=(--benchmark-disable); else BENCH_MODE=(--benchmark-only --benchmark-json="$OUT/pytest-bench.json"); fi
   run bench "$T_BENCH" "$OUT/pytest-bench.log" \
-    "$PY" -m pytest bench -q -p no:cacheprovider "${BENCH_MODE[@]}" \
+    "$PY" -m pytest bench -q -p no:cacheprovider --benchmark-only \
+    --benchmark-json="$OUT/pytest-bench.json" --bench-out "$OUT" \
     --bench-device "$DEVICE" --benchmark-group-by=group --benchmark-columns=median,iqr,rounds \
     --benchmark-sort=name -W ignore::DeprecationWarning
 else
