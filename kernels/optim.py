@@ -84,6 +84,24 @@ def _load_f32(ptrs, mask):
 
 
 @triton.jit
+def _grad_and_weight(
+    grad_ptr, weight_ptr, local, rows, row_mask, start, dim,
+    grad_row_stride, grad_col_stride, weight_row_stride, weight_col_stride,
+    weight_decay, HAS_WD: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """The column slice at ``start`` of each row: its mask, the gradient (plus L2 weight decay
+    when HAS_WD), the weight's pointers and the weight, both in float32."""
+    cols = start + tl.arange(0, BLOCK_D)
+    mask = row_mask[:, None] & (cols < dim)[None, :]
+    g = _load_f32(_tile(grad_ptr, local, cols, grad_row_stride, grad_col_stride), mask)
+    w_ptrs = _tile(weight_ptr, rows, cols, weight_row_stride, weight_col_stride)
+    w = _load_f32(w_ptrs, mask)
+    if HAS_WD:
+        g = g + weight_decay * w
+    return cols, mask, g, w_ptrs, w
+
+
+@triton.jit
 def _sgd_kernel(
     rows_ptr,  # (U,) int64: unique rows to update
     grad_ptr,  # (U, D) float: summed gradient of each row
@@ -100,13 +118,10 @@ def _sgd_kernel(
 ):
     local, rows, row_mask = _row_block(rows_ptr, num_rows, num_weights, BLOCK_R)
     for start in range(0, dim, BLOCK_D):
-        cols = start + tl.arange(0, BLOCK_D)
-        mask = row_mask[:, None] & (cols < dim)[None, :]
-        g = _load_f32(_tile(grad_ptr, local, cols, grad_row_stride, grad_col_stride), mask)
-        w_ptrs = _tile(weight_ptr, rows, cols, weight_row_stride, weight_col_stride)
-        w = _load_f32(w_ptrs, mask)
-        if HAS_WD:
-            g = g + weight_decay * w
+        cols, mask, g, w_ptrs, w = _grad_and_weight(
+            grad_ptr, weight_ptr, local, rows, row_mask, start, dim,
+            grad_row_stride, grad_col_stride, weight_row_stride, weight_col_stride,
+            weight_decay, HAS_WD, BLOCK_D)
         w = w + neg_lr * g
         _store_rounded(w_ptrs, w, mask, seed, rows[:, None] * dim + cols[None, :], STOCHASTIC)
 
@@ -129,13 +144,10 @@ def _adagrad_kernel(
 ):
     local, rows, row_mask = _row_block(rows_ptr, num_rows, num_weights, BLOCK_R)
     for start in range(0, dim, BLOCK_D):
-        cols = start + tl.arange(0, BLOCK_D)
-        mask = row_mask[:, None] & (cols < dim)[None, :]
-        g = _load_f32(_tile(grad_ptr, local, cols, grad_row_stride, grad_col_stride), mask)
-        w_ptrs = _tile(weight_ptr, rows, cols, weight_row_stride, weight_col_stride)
-        w = _load_f32(w_ptrs, mask)
-        if HAS_WD:
-            g = g + weight_decay * w
+        cols, mask, g, w_ptrs, w = _grad_and_weight(
+            grad_ptr, weight_ptr, local, rows, row_mask, start, dim,
+            grad_row_stride, grad_col_stride, weight_row_stride, weight_col_stride,
+            weight_decay, HAS_WD, BLOCK_D)
         sum_ptrs = _tile(sum_ptr, rows, cols, sum_row_stride, sum_col_stride)
         total = tl.load(sum_ptrs, mask=mask, other=0.0) + g * g
         tl.store(sum_ptrs, total, mask=mask)
@@ -161,13 +173,10 @@ def _rowwise_adagrad_kernel(
     local, rows, row_mask = _row_block(rows_ptr, num_rows, num_weights, BLOCK_R)
     sum_ptrs = sum_ptr + rows * sum_stride
     if ONE_CHUNK:
-        cols = tl.arange(0, BLOCK_D)
-        mask = row_mask[:, None] & (cols < dim)[None, :]
-        g = _load_f32(_tile(grad_ptr, local, cols, grad_row_stride, grad_col_stride), mask)
-        w_ptrs = _tile(weight_ptr, rows, cols, weight_row_stride, weight_col_stride)
-        w = _load_f32(w_ptrs, mask)
-        if HAS_WD:
-            g = g + weight_decay * w
+        cols, mask, g, w_ptrs, w = _grad_and_weight(
+            grad_ptr, weight_ptr, local, rows, row_mask, 0, dim,
+            grad_row_stride, grad_col_stride, weight_row_stride, weight_col_stride,
+            weight_decay, HAS_WD, BLOCK_D)
         total = tl.load(sum_ptrs, mask=row_mask, other=0.0) + tl.sum(g * g, axis=1) / dim
         tl.store(sum_ptrs, total, mask=row_mask)
         std = tl.sqrt_rn(total) + eps
@@ -187,13 +196,10 @@ def _rowwise_adagrad_kernel(
         tl.store(sum_ptrs, total, mask=row_mask)
         std = tl.sqrt_rn(total) + eps
         for start in range(0, dim, BLOCK_D):
-            cols = start + tl.arange(0, BLOCK_D)
-            mask = row_mask[:, None] & (cols < dim)[None, :]
-            g = _load_f32(_tile(grad_ptr, local, cols, grad_row_stride, grad_col_stride), mask)
-            w_ptrs = _tile(weight_ptr, rows, cols, weight_row_stride, weight_col_stride)
-            w = _load_f32(w_ptrs, mask)
-            if HAS_WD:
-                g = g + weight_decay * w
+            cols, mask, g, w_ptrs, w = _grad_and_weight(
+                grad_ptr, weight_ptr, local, rows, row_mask, start, dim,
+                grad_row_stride, grad_col_stride, weight_row_stride, weight_col_stride,
+                weight_decay, HAS_WD, BLOCK_D)
             w = w + neg_lr * tl.div_rn(g, std[:, None])
             _store_rounded(w_ptrs, w, mask, seed, rows[:, None] * dim + cols[None, :], STOCHASTIC)
 
