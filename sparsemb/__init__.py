@@ -10,11 +10,21 @@ from sparsemb import (
     _ops,  # noqa: F401  (registers the sparsemb:: torch.library ops)
     optim,
 )
+from sparsemb.bag import EmbeddingBag
 from sparsemb.functional import embedding
+from sparsemb.functional_bag import embedding_bag
 from sparsemb.nn import Embedding
 
 __version__ = "0.1.0"
-__all__ = ["Embedding", "embedding", "optim", "vectors", "__version__"]
+__all__ = [
+    "Embedding",
+    "EmbeddingBag",
+    "embedding",
+    "embedding_bag",
+    "optim",
+    "vectors",
+    "__version__",
+]
 
 _LAZY_SUBMODULES = ("vectors",)
 

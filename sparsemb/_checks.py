@@ -145,3 +145,95 @@ def check_grad_rows(rows: Tensor, num_rows: int, what: Callable[[], str]) -> Non
             f"row {bad} of {what()} is outside the table's rows [0, {num_rows}); nothing was "
             "updated"
         )
+
+
+# ----- EmbeddingBag
+
+BAG_MODES = {"sum": 0, "mean": 1, "max": 2}  # the mode numbers torch.embedding_bag uses
+
+
+def bag_mode(mode: str) -> int:
+    """The mode's number (sum 0, mean 1, max 2), or ValueError as F.embedding_bag raises."""
+    if mode not in BAG_MODES:
+        raise ValueError(f"mode has to be one of sum, mean or max, got {mode!r}")
+    return BAG_MODES[mode]
+
+
+def check_bag_args(
+    input: Tensor,
+    weight: Tensor,
+    offsets: Tensor | None,
+    per_sample_weights: Tensor | None,
+    mode: str,
+    scale_grad_by_freq: bool,
+    max_norm: float | None,
+    norm_type: float,
+    bounds_check: str,
+) -> None:
+    """Everything about a pooled lookup that can be checked without reading values; the
+    messages and exception types follow ``F.embedding_bag`` where torch checks the same."""
+    check_lookup_args(input, weight, max_norm, norm_type, bounds_check)
+    if bag_mode(mode) == BAG_MODES["max"] and scale_grad_by_freq:
+        raise ValueError("max mode does not support scaling the gradient by the frequency")
+    if input.dim() == 2:
+        if offsets is not None:
+            raise ValueError(
+                "if input is 2D, then offsets has to be None, as input is treated as a "
+                f"mini-batch of fixed length sequences; got offsets of type {type(offsets)}"
+            )
+    elif input.dim() == 1:
+        if offsets is None:
+            raise ValueError("offsets has to be a 1D Tensor but got None")
+        if not isinstance(offsets, Tensor):
+            raise TypeError(f"offsets must be a torch.Tensor, got {type(offsets).__name__}")
+        if offsets.dim() != 1:
+            raise ValueError(f"offsets has to be a 1D Tensor, got {offsets.dim()}-D")
+        if offsets.dtype not in INDEX_DTYPES:
+            raise TypeError(f"offsets must be torch.int64 or torch.int32, got {offsets.dtype}")
+        if offsets.device != input.device:
+            raise ValueError(f"offsets are on {offsets.device} but input is on {input.device}")
+    else:
+        raise ValueError(f"input has to be 1D or 2D Tensor, but got Tensor of dimension {input.dim()}")
+    if per_sample_weights is not None:
+        if not isinstance(per_sample_weights, Tensor):
+            raise TypeError("per_sample_weights must be a torch.Tensor or None")
+        if mode != "sum":
+            raise NotImplementedError(
+                "embedding_bag: per_sample_weights was not None. per_sample_weights is only "
+                f"supported for mode='sum' (got mode='{mode}')"
+            )
+        if per_sample_weights.shape != input.shape:
+            raise ValueError(
+                f"embedding_bag: If per_sample_weights ({tuple(per_sample_weights.shape)}) is "
+                f"not None, then it must have the same shape as the input ({tuple(input.shape)})"
+            )
+        if per_sample_weights.dtype != weight.dtype:
+            raise TypeError(
+                f"per_sample_weights has dtype {per_sample_weights.dtype} but the weight has "
+                f"{weight.dtype}; they must match"
+            )
+        if per_sample_weights.device != weight.device:
+            raise ValueError("per_sample_weights must be on the weight's device")
+
+
+def check_offsets_values(offsets: Tensor, num_indices: int, include_last_offset: bool) -> None:
+    """ValueError unless offsets start at 0, never decrease and end within the input.
+
+    One reduction and one host read; run before any renorm so a bad call writes nothing."""
+    if include_last_offset and offsets.numel() == 0:
+        raise ValueError("include_last_offset=True needs at least one offset (the end)")
+    if offsets.numel() == 0 or offsets.is_meta:
+        return
+    first, last = int(offsets[0]), int(offsets[-1])
+    if first != 0:
+        raise ValueError(f"offsets[0] has to be 0 (the first bag starts at position 0), got {first}")
+    if last > num_indices:
+        raise ValueError(
+            f"offsets[-1] can not be greater than input's length {num_indices}, got {last}"
+        )
+    if offsets.numel() > 1 and bool((offsets[1:] < offsets[:-1]).any()):
+        step = int(torch.nonzero(offsets[1:] < offsets[:-1])[0, 0])
+        raise ValueError(
+            f"offsets must be non-decreasing, got offsets[{step}]={int(offsets[step])} > "
+            f"offsets[{step + 1}]={int(offsets[step + 1])}"
+        )

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from sparsemb._backend import kernel_module, uses_triton
+from sparsemb.torch_backend import bag as torch_bag
 from sparsemb.torch_backend import gather as torch_gather
 from sparsemb.torch_backend import grad as torch_grad
 from sparsemb.torch_backend import renorm as torch_renorm
@@ -163,3 +164,97 @@ COMPILED = SimpleNamespace(**{name: op for name, (_, op) in _OPS.items()})
 def ops() -> SimpleNamespace:
     """The registered ops while torch.compile traces, the plain functions in eager mode."""
     return COMPILED if torch.compiler.is_compiling() else EAGER
+
+
+# ----- EmbeddingBag: pooled forward, per-index gradient expansion, per-sample-weights gradient
+# (bags as flattened indices + (B + 1,) int64 offsets; see ``torch_backend.bag``)
+
+
+def _bag_forward_impl(
+    weight: Tensor,
+    indices: Tensor,
+    offsets: Tensor,
+    per_sample_weights: Tensor | None,
+    mode: int,
+    padding_idx: int,
+    check_bounds: bool,
+) -> tuple[Tensor, Tensor]:
+    """(pooled (B, D), max mode's arg-max positions (B, D) or an empty tensor)."""
+    args = (weight, indices, offsets, per_sample_weights, mode, padding_idx)
+    if uses_triton(weight):
+        out, argmax, bad = kernel_module("bag").bag_forward(*args, check_bounds)
+        if bad is not None and bool(bad):
+            check_index_range(indices, weight.shape[0])
+        return out, argmax
+    if check_bounds:
+        check_index_range(indices, weight.shape[0])
+    return torch_bag.bag_forward(*args)
+
+
+bag_forward = torch.library.custom_op(
+    "sparsemb::bag_forward", _bag_forward_impl, mutates_args=()
+)
+
+
+@bag_forward.register_fake
+def _(weight, indices, offsets, per_sample_weights, mode, padding_idx, check_bounds):
+    num_bags = offsets.shape[0] - 1
+    argmax_rows = num_bags if mode == torch_bag.MAX else 0
+    argmax_shape = (argmax_rows, weight.shape[1]) if argmax_rows else (0,)
+    out = weight.new_empty(num_bags, weight.shape[1])
+    return out, indices.new_empty(argmax_shape, dtype=torch.int64)
+
+
+def _bag_expand_grad_impl(
+    grad: Tensor,
+    indices: Tensor,
+    offsets: Tensor,
+    per_sample_weights: Tensor | None,
+    argmax: Tensor,
+    mode: int,
+    padding_idx: int,
+) -> Tensor:
+    """(N, D): each looked-up row's share of the bag gradient, ready for ``dedup_grad``."""
+    args = (grad, indices, offsets, per_sample_weights, argmax, mode, padding_idx)
+    if uses_triton(grad):
+        return kernel_module("bag").expand_grad(*args)
+    return torch_bag.expand_grad(*args)
+
+
+bag_expand_grad = torch.library.custom_op(
+    "sparsemb::bag_expand_grad", _bag_expand_grad_impl, mutates_args=()
+)
+
+
+@bag_expand_grad.register_fake
+def _(grad, indices, offsets, per_sample_weights, argmax, mode, padding_idx):
+    return grad.new_empty(indices.shape[0], grad.shape[1])
+
+
+def _bag_psw_grad_impl(
+    grad: Tensor, weight: Tensor, indices: Tensor, offsets: Tensor, padding_idx: int
+) -> Tensor:
+    """(N,): the gradient of the per-sample weights, a row dot product per index."""
+    args = (grad, weight, indices, offsets, padding_idx)
+    if uses_triton(weight):
+        return kernel_module("bag").per_sample_weights_grad(*args)
+    return torch_bag.per_sample_weights_grad(*args)
+
+
+bag_psw_grad = torch.library.custom_op(
+    "sparsemb::bag_psw_grad", _bag_psw_grad_impl, mutates_args=()
+)
+
+
+@bag_psw_grad.register_fake
+def _(grad, weight, indices, offsets, padding_idx):
+    return weight.new_empty(indices.shape[0])
+
+
+_OPS.update(
+    bag_forward=(_bag_forward_impl, bag_forward),
+    bag_expand_grad=(_bag_expand_grad_impl, bag_expand_grad),
+    bag_psw_grad=(_bag_psw_grad_impl, bag_psw_grad),
+)
+EAGER = SimpleNamespace(**{name: impl for name, (impl, _) in _OPS.items()})
+COMPILED = SimpleNamespace(**{name: op for name, (_, op) in _OPS.items()})

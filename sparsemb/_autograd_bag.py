@@ -1,0 +1,102 @@
+"""The pooled lookup's autograd wiring (EmbeddingBag).
+
+Backward expands the (B, D) bag gradient to one row per looked-up index (mean's 1/count, the
+per-sample weight, or max mode's arg-max columns only) and hands it to the same deduplicated
+gradient as the plain lookup: one summed row per unique index, in a fixed order, as a coalesced
+sparse COO tensor, a dense tensor, or straight into an optimizer (fused backward). The
+per-sample weights' gradient is a row dot product per index.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from sparsemb import _ops
+from sparsemb._autograd import (
+    _COALESCE_HOOK,
+    _LAST_VALUES,
+    fused_update_of,
+    keep_grad_coalesced,
+    sparse_grad_tensor,
+    under_functorch,
+)
+
+
+def bag_lookup(
+    weight: Tensor,
+    indices: Tensor,
+    offsets: Tensor,
+    per_sample_weights: Tensor | None,
+    mode: int,
+    padding_idx: int,
+    scale_grad_by_freq: bool,
+    sparse: bool,
+    check_bounds: bool,
+) -> Tensor:
+    """Pooled rows (B, D) of ``weight`` for flattened ``indices`` and (B + 1,) int64 ``offsets``."""
+    needs_grad = torch.is_grad_enabled() and (
+        weight.requires_grad
+        or (per_sample_weights is not None and per_sample_weights.requires_grad)
+    )
+    if not needs_grad:
+        args = (weight, indices, offsets, per_sample_weights, mode, padding_idx, check_bounds)
+        return _ops.ops().bag_forward(*args)[0]
+    if sparse:
+        keep_grad_coalesced(weight)
+    return _BagLookup.apply(
+        weight, per_sample_weights, indices, offsets, mode, padding_idx, scale_grad_by_freq,
+        sparse, check_bounds,
+    )  # fmt: skip
+
+
+class _BagLookup(torch.autograd.Function):
+    """Pooled gather whose weight gradient is the deduplicated gradient of its expansion."""
+
+    @staticmethod
+    def forward(
+        ctx, weight, per_sample_weights, indices, offsets, mode, padding_idx,
+        scale_grad_by_freq, sparse, check_bounds,
+    ):  # fmt: skip
+        out, argmax = _ops.ops().bag_forward(
+            weight, indices, offsets, per_sample_weights, mode, padding_idx, check_bounds
+        )
+        ctx.save_for_backward(weight, per_sample_weights, indices, offsets, argmax)
+        ctx.mark_non_differentiable(argmax)
+        ctx.mode, ctx.padding_idx = mode, padding_idx
+        ctx.scale_grad_by_freq, ctx.sparse = scale_grad_by_freq, sparse
+        ctx.fused_update = fused_update_of(weight)
+        ctx.grad_owner = weight if getattr(weight, _COALESCE_HOOK, False) else None
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        weight, per_sample_weights, indices, offsets, argmax = ctx.saved_tensors
+        weight_grad = psw_grad = None
+        if ctx.needs_input_grad[1]:
+            psw_grad = _ops.ops().bag_psw_grad(grad, weight, indices, offsets, ctx.padding_idx)
+        if ctx.needs_input_grad[0]:
+            per_index = _ops.ops().bag_expand_grad(
+                grad, indices, offsets, per_sample_weights, argmax, ctx.mode, ctx.padding_idx
+            )
+            weight_grad = _weight_grad(ctx, per_index, indices, weight.shape[0])
+        return weight_grad, psw_grad, None, None, None, None, None, None, None
+
+
+def _weight_grad(ctx, per_index: Tensor, indices: Tensor, num_weights: int) -> Tensor | None:
+    """The deduplicated gradient of the expanded rows: fused into the optimizer, sparse COO, or
+    dense (as the plain lookup's backward)."""
+    args = (num_weights, ctx.padding_idx, ctx.scale_grad_by_freq)
+    if under_functorch(per_index):
+        return torch.ops.aten.embedding_dense_backward(per_index, indices, *args)
+    if ctx.fused_update is not None:
+        unique, values = _ops.ops().dedup_grad(per_index.detach(), indices, *args)
+        with torch.no_grad():
+            ctx.fused_update(unique, values)
+        return None
+    if ctx.sparse:
+        unique, values = _ops.ops().dedup_grad(per_index, indices, *args)
+        if ctx.grad_owner is not None:
+            setattr(ctx.grad_owner, _LAST_VALUES, (values.data_ptr(), values.numel()))
+        return sparse_grad_tensor(unique, values, num_weights)
+    return _ops.ops().dense_grad(per_index, indices, *args)

@@ -1,0 +1,136 @@
+"""Pooled lookups (EmbeddingBag) in pure PyTorch; mirrors ``kernels/bag.py``.
+
+Every function takes the flattened ``indices`` (N,) and ``offsets`` (B + 1,) int64 with bag ``b``
+at positions ``[offsets[b], offsets[b + 1])`` (positions from ``offsets[B]`` on belong to no
+bag); ``mode`` is 0 sum, 1 mean, 2 max; ``padding_idx`` is a row number or -1. A padding index is
+left out of the pooling and of mean's count; a bag with nothing left pools to zeros. Sums run in
+float32 (float64 for float64 tables) and are rounded to the table dtype once.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from sparsemb._dtypes import state_dtype
+
+SUM, MEAN, MAX = 0, 1, 2
+
+
+def bag_of_positions(offsets: Tensor, num_indices: int) -> Tensor:
+    """(N,) int64: the bag of each position, ``B`` for positions after the last bag."""
+    counts = offsets[1:] - offsets[:-1]
+    num_bags = counts.numel()
+    bags = torch.arange(num_bags, device=offsets.device)
+    bag = torch.repeat_interleave(bags, counts, output_size=int(offsets[-1]))
+    tail = num_indices - bag.numel()
+    return torch.cat([bag, bag.new_full((tail,), num_bags)]) if tail else bag
+
+
+def _pooled_positions(indices: Tensor, offsets: Tensor, padding_idx: int):
+    """(bag of each position, mask of the positions that pool: in a bag, not padding)."""
+    bag = bag_of_positions(offsets, indices.shape[0])
+    pools = bag < offsets.numel() - 1
+    if padding_idx >= 0:
+        pools &= indices != padding_idx
+    return bag, pools
+
+
+def bag_counts(indices: Tensor, offsets: Tensor, padding_idx: int) -> Tensor:
+    """(B,) int64: how many positions of each bag pool (padding left out)."""
+    bag, pools = _pooled_positions(indices, offsets, padding_idx)
+    counts = torch.zeros(offsets.numel(), dtype=torch.int64, device=indices.device)
+    counts.index_add_(0, bag, pools.to(torch.int64))
+    return counts[:-1]
+
+
+def bag_forward(
+    weight: Tensor,
+    indices: Tensor,
+    offsets: Tensor,
+    per_sample_weights: Tensor | None,
+    mode: int,
+    padding_idx: int,
+) -> tuple[Tensor, Tensor]:
+    """(pooled (B, D) in the weight dtype, arg-max positions (B, D) int64 for max mode, -1 for a
+    bag with nothing to pool, else an empty tensor). Max ties go to the first position."""
+    num_bags, dim = offsets.numel() - 1, weight.shape[1]
+    acc = state_dtype(weight.dtype)
+    bag, pools = _pooled_positions(indices, offsets, padding_idx)
+    rows = weight.index_select(0, indices.to(torch.int64).masked_fill(~pools, 0)).to(acc)
+    slot = torch.where(pools, bag, num_bags)  # non-pooling positions go to a spare bag
+    if mode == MAX:
+        return _max_pool(rows, slot, num_bags, weight.dtype)
+    if per_sample_weights is not None:
+        rows = rows * per_sample_weights.to(acc).unsqueeze(1)
+    out = torch.zeros(num_bags + 1, dim, dtype=acc, device=weight.device)
+    out.index_add_(0, slot, rows)
+    out = out[:num_bags]
+    if mode == MEAN:
+        counts = torch.zeros(num_bags + 1, dtype=acc, device=weight.device)
+        counts.index_add_(0, slot, torch.ones_like(slot, dtype=acc))
+        out = out / counts[:num_bags].clamp(min=1).unsqueeze(1)
+    return out.to(weight.dtype), indices.new_empty(0, dtype=torch.int64)
+
+
+def _max_pool(rows: Tensor, slot: Tensor, num_bags: int, dtype: torch.dtype):
+    """Columnwise max of each bag's rows and the first position reaching it."""
+    n, dim = rows.shape
+    index = slot.unsqueeze(1).expand(n, dim)
+    best = torch.full((num_bags + 1, dim), -torch.inf, dtype=rows.dtype, device=rows.device)
+    best.scatter_reduce_(0, index, rows, "amax")
+    positions = torch.arange(n, device=rows.device).unsqueeze(1).expand(n, dim)
+    hits = torch.where(rows == best.gather(0, index), positions, n)
+    first = torch.full((num_bags + 1, dim), n, dtype=torch.int64, device=rows.device)
+    first.scatter_reduce_(0, index, hits, "amin")
+    empty = first[:num_bags] == n
+    out = best[:num_bags].masked_fill(empty, 0).to(dtype)
+    return out, first[:num_bags].masked_fill(empty, -1)
+
+
+def expand_grad(
+    grad: Tensor,
+    indices: Tensor,
+    offsets: Tensor,
+    per_sample_weights: Tensor | None,
+    argmax: Tensor,
+    mode: int,
+    padding_idx: int,
+) -> Tensor:
+    """(N, D): the gradient of each looked-up row, in ``grad``'s dtype.
+
+    Sum: the bag's gradient (times the per-sample weight); mean: divided by the bag's count;
+    max: the bag's gradient in the columns where this position is the arg-max, else zero.
+    Padding positions and positions outside every bag get zeros."""
+    n, dim = indices.shape[0], grad.shape[1]
+    num_bags = offsets.numel() - 1
+    acc = state_dtype(grad.dtype)
+    bag, pools = _pooled_positions(indices, offsets, padding_idx)
+    padded = torch.cat([grad.to(acc), grad.new_zeros(1, dim, dtype=acc)])
+    slot = torch.where(pools, bag, num_bags)
+    rows = padded.index_select(0, slot)
+    if mode == MAX:
+        arg = torch.cat([argmax, argmax.new_full((1, dim), -1)]).index_select(0, slot)
+        positions = torch.arange(n, device=grad.device).unsqueeze(1)
+        rows = rows.masked_fill(arg != positions, 0)
+    elif mode == MEAN:
+        counts = bag_counts(indices, offsets, padding_idx).clamp(min=1).to(acc)
+        scale = torch.cat([1 / counts, counts.new_zeros(1)]).index_select(0, slot)
+        rows = rows * scale.unsqueeze(1)
+    elif per_sample_weights is not None:
+        rows = rows * per_sample_weights.to(acc).unsqueeze(1)
+    return rows.to(grad.dtype)
+
+
+def per_sample_weights_grad(
+    grad: Tensor, weight: Tensor, indices: Tensor, offsets: Tensor, padding_idx: int
+) -> Tensor:
+    """(N,): d(loss)/d(per_sample_weights[i]) = <grad of i's bag, weight[indices[i]]>, zero for
+    padding positions and positions outside every bag."""
+    num_bags, dim = offsets.numel() - 1, weight.shape[1]
+    acc = state_dtype(weight.dtype)
+    bag, pools = _pooled_positions(indices, offsets, padding_idx)
+    slot = torch.where(pools, bag, num_bags)
+    padded = torch.cat([grad.to(acc), grad.new_zeros(1, dim, dtype=acc)])
+    rows = weight.index_select(0, indices.to(torch.int64).masked_fill(~pools, 0)).to(acc)
+    return (rows * padded.index_select(0, slot)).sum(1).to(weight.dtype)
