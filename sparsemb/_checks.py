@@ -193,7 +193,9 @@ def check_bag_args(
         if offsets.device != input.device:
             raise ValueError(f"offsets are on {offsets.device} but input is on {input.device}")
     else:
-        raise ValueError(f"input has to be 1D or 2D Tensor, but got Tensor of dimension {input.dim()}")
+        raise ValueError(
+            f"input has to be 1D or 2D Tensor, but got Tensor of dimension {input.dim()}"
+        )
     if per_sample_weights is not None:
         if not isinstance(per_sample_weights, Tensor):
             raise TypeError("per_sample_weights must be a torch.Tensor or None")
@@ -226,7 +228,7 @@ def check_offsets_values(offsets: Tensor, num_indices: int, include_last_offset:
         return
     first, last = int(offsets[0]), int(offsets[-1])
     if first != 0:
-        raise ValueError(f"offsets[0] has to be 0 (the first bag starts at position 0), got {first}")
+        raise ValueError(f"offsets[0] has to be 0 (the first bag starts at 0), got {first}")
     if last > num_indices:
         raise ValueError(
             f"offsets[-1] can not be greater than input's length {num_indices}, got {last}"
