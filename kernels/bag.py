@@ -224,10 +224,10 @@ def bag_forward(weight, indices, offsets, per_sample_weights, mode, padding_idx,
 
 
 def expand_grad(grad, indices, offsets, per_sample_weights, argmax, mode, padding_idx):
-    """(N, D): each looked-up row's share of its bag's gradient (zeros outside every bag)."""
+    """(N, D): each looked-up row's share of its bag's gradient."""
     num_bags, dim, n = offsets.shape[0] - 1, grad.shape[1], indices.shape[0]
-    tail = num_bags < 0 or int(offsets[-1]) < n  # positions after the last bag stay zero
-    out = (torch.zeros if tail else torch.empty)(n, dim, dtype=grad.dtype, device=grad.device)
+    # Every position lies in a bag (the functional checks offsets[-1] == N), so all are written.
+    out = torch.empty(n, dim, dtype=grad.dtype, device=grad.device)
     if num_bags == 0 or dim == 0 or n == 0:
         return out
     grad = grad.contiguous()

@@ -219,7 +219,8 @@ def check_bag_args(
 
 
 def check_offsets_values(offsets: Tensor, num_indices: int, include_last_offset: bool) -> None:
-    """ValueError unless offsets start at 0, never decrease and end within the input.
+    """ValueError unless offsets start at 0, never decrease and end within the input (exactly at
+    its end with ``include_last_offset``).
 
     One reduction and one host read; run before any renorm so a bad call writes nothing."""
     if include_last_offset and offsets.numel() == 0:
@@ -232,6 +233,13 @@ def check_offsets_values(offsets: Tensor, num_indices: int, include_last_offset:
     if last > num_indices:
         raise ValueError(
             f"offsets[-1] can not be greater than input's length {num_indices}, got {last}"
+        )
+    if include_last_offset and last != num_indices:
+        # torch pools such a tail inconsistently (into the last bag for max mode or with a
+        # padding_idx, not for sum; mean divides by the tail too), so it is refused.
+        raise ValueError(
+            f"with include_last_offset=True, offsets[-1] must equal the input's length "
+            f"{num_indices} (it ends the last bag), got {last}"
         )
     if offsets.numel() > 1 and bool((offsets[1:] < offsets[:-1]).any()):
         step = int(torch.nonzero(offsets[1:] < offsets[:-1])[0, 0])
