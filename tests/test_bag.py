@@ -83,7 +83,8 @@ def test_random_configurations_match_torch(backend, seed):
     atol, rtol = TOLERANCES[dtype]
     if dtype == torch.bfloat16:  # a bag sums rows rounded from float32: a few ulps of the sum
         atol, rtol = 3e-2, 3e-2
-    for name, a, b in zip(("output", "weight", "weight grad", "psw grad"), ours, theirs):
+    names = ("output", "weight", "weight grad", "psw grad")
+    for name, a, b in zip(names, ours, theirs, strict=True):
         if b is None:
             assert a is None, f"{desc}: {name}"
             continue
@@ -121,7 +122,7 @@ def test_max_ties_send_the_gradient_to_the_first_row(backend):
     offsets = torch.tensor([0, 4, 4, 7])
     ours = run_bag(sparsemb.embedding_bag, weight, idx, offsets, {"mode": "max"}, 0, backend.device)
     theirs = run_bag(F.embedding_bag, weight, idx, offsets, {"mode": "max"}, 0, "cpu")
-    for a, b in zip(ours[:3], theirs[:3]):
+    for a, b in zip(ours[:3], theirs[:3], strict=True):
         torch.testing.assert_close(a.cpu(), b, rtol=0, atol=0)
 
 
