@@ -291,7 +291,7 @@ def fbgemm_status() -> str | None:
     return None
 
 
-def _fbgemm_tbe(inputs: Inputs, optimizer: str):
+def _fbgemm_tbe(inputs: Inputs, optimizer: str, pooling: str = "NONE"):
     reason = fbgemm_status()
     if reason:
         raise Unavailable(reason)
@@ -324,7 +324,7 @@ def _fbgemm_tbe(inputs: Inputs, optimizer: str):
         tbe = SplitTableBatchedEmbeddingBagsCodegen(
             [(v, d, location, compute)],
             optimizer=opt[optimizer],
-            pooling_mode=PoolingMode.NONE,
+            pooling_mode=getattr(PoolingMode, pooling),
             weights_precision=precision,
             output_dtype=precision,
             learning_rate=LR[optimizer],
@@ -622,6 +622,9 @@ def all_groups() -> dict[str, Group]:
     groups = [_forward_group(), _forward_max_norm_group(), *_fwd_bwd_groups()]
     groups += [_step_group(k) for k in ("sgd", "adagrad", "rowwise_adagrad", "adam")]
     groups.append(_optim_group())
+    from .bag_providers import bag_groups  # EmbeddingBag groups (they build on this module)
+
+    groups += bag_groups()
     return {g.name: g for g in groups}
 
 

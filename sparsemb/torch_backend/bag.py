@@ -53,24 +53,40 @@ def bag_forward(
     padding_idx: int,
 ) -> tuple[Tensor, Tensor]:
     """(pooled (B, D) in the weight dtype, arg-max positions (B, D) int64 for max mode, -1 for a
-    bag with nothing to pool, else an empty tensor). Max ties go to the first position."""
-    num_bags, dim = offsets.numel() - 1, weight.shape[1]
+    bag with nothing to pool, else an empty tensor). Max ties go to the first position.
+
+    Sum and mean run torch's fused CPU kernel (``torch.embedding_bag``: one pass, no (N, D)
+    temporary), which needs ``offsets[-1] == N`` (the functional guarantees it); max mode pools
+    here, since sparsemb's backward wants the arg-max *position* of each column."""
+    num_bags = offsets.numel() - 1
     acc = state_dtype(weight.dtype)
+    if mode != MAX:
+        starts = offsets[:-1].to(indices.dtype)
+        if weight.dtype == acc:
+            out = _fused_pool(weight, indices, starts, per_sample_weights, mode, padding_idx)
+        else:  # 16-bit table: pool its looked-up rows in float32, round once
+            n = indices.shape[0]
+            rows = weight.index_select(0, indices).to(acc)
+            rows = torch.cat([rows, rows.new_zeros(1, rows.shape[1])])  # row n: the padding
+            local = torch.arange(n, device=indices.device)
+            if padding_idx >= 0:
+                local.masked_fill_(indices == padding_idx, n)
+            psw = None if per_sample_weights is None else per_sample_weights.to(acc)
+            pad = n if padding_idx >= 0 else -1
+            out = _fused_pool(rows, local, starts.to(torch.int64), psw, mode, pad)
+            out = out.to(weight.dtype)
+        return out, indices.new_empty(0, dtype=torch.int64)
     bag, pools = _pooled_positions(indices, offsets, padding_idx)
     rows = weight.index_select(0, indices.to(torch.int64).masked_fill(~pools, 0)).to(acc)
     slot = torch.where(pools, bag, num_bags)  # non-pooling positions go to a spare bag
-    if mode == MAX:
-        return _max_pool(rows, slot, num_bags, weight.dtype)
-    if per_sample_weights is not None:
-        rows = rows * per_sample_weights.to(acc).unsqueeze(1)
-    out = torch.zeros(num_bags + 1, dim, dtype=acc, device=weight.device)
-    out.index_add_(0, slot, rows)
-    out = out[:num_bags]
-    if mode == MEAN:
-        counts = torch.zeros(num_bags + 1, dtype=acc, device=weight.device)
-        counts.index_add_(0, slot, torch.ones_like(slot, dtype=acc))
-        out = out / counts[:num_bags].clamp(min=1).unsqueeze(1)
-    return out.to(weight.dtype), indices.new_empty(0, dtype=torch.int64)
+    return _max_pool(rows, slot, num_bags, weight.dtype)
+
+
+def _fused_pool(table, indices, starts, per_sample_weights, mode, padding_idx) -> Tensor:
+    padding = padding_idx if padding_idx >= 0 else None  # -1 would leave torch's fast path
+    return torch.embedding_bag(
+        table, indices, starts, False, mode, False, per_sample_weights, False, padding
+    )[0]
 
 
 def _max_pool(rows: Tensor, slot: Tensor, num_bags: int, dtype: torch.dtype):
@@ -105,21 +121,30 @@ def expand_grad(
     n, dim = indices.shape[0], grad.shape[1]
     num_bags = offsets.numel() - 1
     acc = state_dtype(grad.dtype)
-    bag, pools = _pooled_positions(indices, offsets, padding_idx)
-    padded = torch.cat([grad.to(acc), grad.new_zeros(1, dim, dtype=acc)])
-    slot = torch.where(pools, bag, num_bags)
-    rows = padded.index_select(0, slot)
     if mode == MAX:
+        bag, pools = _pooled_positions(indices, offsets, padding_idx)
+        slot = torch.where(pools, bag, num_bags)
+        padded = torch.cat([grad, grad.new_zeros(1, dim)])
         arg = torch.cat([argmax, argmax.new_full((1, dim), -1)]).index_select(0, slot)
         positions = torch.arange(n, device=grad.device).unsqueeze(1)
-        rows = rows.masked_fill(arg != positions, 0)
-    elif mode == MEAN:
-        counts = bag_counts(indices, offsets, padding_idx).clamp(min=1).to(acc)
-        scale = torch.cat([1 / counts, counts.new_zeros(1)]).index_select(0, slot)
-        rows = rows * scale.unsqueeze(1)
-    elif per_sample_weights is not None:
-        rows = rows * per_sample_weights.to(acc).unsqueeze(1)
-    return rows.to(grad.dtype)
+        return padded.index_select(0, slot).masked_fill_(arg != positions, 0)
+    lengths = offsets[1:] - offsets[:-1]
+    if mode == MEAN:
+        counts = bag_counts(indices, offsets, padding_idx) if padding_idx >= 0 else lengths
+        grad = (grad.to(acc) / counts.clamp(min=1).to(acc).unsqueeze(1)).to(grad.dtype)
+    rows = _per_position(grad, lengths, n)
+    if per_sample_weights is not None:
+        rows = (rows.to(acc) * per_sample_weights.to(acc).unsqueeze(1)).to(grad.dtype)
+    if padding_idx >= 0:
+        rows.masked_fill_((indices == padding_idx).unsqueeze(1), 0)
+    return rows
+
+
+def _per_position(per_bag: Tensor, lengths: Tensor, num_indices: int) -> Tensor:
+    """(N, ...): each bag's row repeated over its positions; zeros after the last bag."""
+    rows = torch.repeat_interleave(per_bag, lengths, dim=0, output_size=int(lengths.sum()))
+    tail = num_indices - rows.shape[0]
+    return torch.cat([rows, rows.new_zeros(tail, *rows.shape[1:])]) if tail else rows
 
 
 def per_sample_weights_grad(
@@ -127,10 +152,10 @@ def per_sample_weights_grad(
 ) -> Tensor:
     """(N,): d(loss)/d(per_sample_weights[i]) = <grad of i's bag, weight[indices[i]]>, zero for
     padding positions and positions outside every bag."""
-    num_bags, dim = offsets.numel() - 1, weight.shape[1]
     acc = state_dtype(weight.dtype)
-    bag, pools = _pooled_positions(indices, offsets, padding_idx)
-    slot = torch.where(pools, bag, num_bags)
-    padded = torch.cat([grad.to(acc), grad.new_zeros(1, dim, dtype=acc)])
-    rows = weight.index_select(0, indices.to(torch.int64).masked_fill(~pools, 0)).to(acc)
-    return (rows * padded.index_select(0, slot)).sum(1).to(weight.dtype)
+    rows = weight.index_select(0, indices).to(acc)
+    per_position = _per_position(grad.to(acc), offsets[1:] - offsets[:-1], indices.shape[0])
+    out = (rows * per_position).sum(1)
+    if padding_idx >= 0:
+        out.masked_fill_(indices == padding_idx, 0)
+    return out.to(weight.dtype)
