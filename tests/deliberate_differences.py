@@ -33,6 +33,19 @@ DIFFERENCES = {
         "bfloat16/float16 gradients are summed in float32 and rounded once; torch sums in the "
         "table dtype. The oracle is torch's gradient computed in float32, rounded to the dtype."
     ),
+    "bag_max_mode_sparse": (
+        "EmbeddingBag: mode='max' works with sparse=True (torch raises); the sparse gradient "
+        "equals torch's dense one."
+    ),
+    "bag_float32_pooling": (
+        "EmbeddingBag: bfloat16/float16 bags are pooled in float32 and rounded once; the oracle "
+        "is torch run on a float32 copy of the table, rounded to the dtype."
+    ),
+    "bag_include_last_offset_tail": (
+        "EmbeddingBag: with include_last_offset=True, offsets[-1] must equal the input's length "
+        "(ValueError); torch pools indices after it inconsistently (into the last bag for max "
+        "mode or with a padding_idx, not for sum; mean divides by them too)."
+    ),
 }
 
 # torch's error input (matched on its error_regex) -> the exception sparsemb raises instead, and
