@@ -9,23 +9,24 @@ B + 1 boundaries FBGEMM takes.
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING
+
 import torch
 
 import sparsemb
 from sparsemb.optim import SparseAdam, SparseSGD
 
-from .providers import (
-    BETAS,
-    EPS,
-    LR,
-    Case,
-    Group,
-    Provider,
-    _fbgemm_states,
-    _fbgemm_tbe,
-    _sparsemb_fused_backward,
-)
 from .workloads import ZIPF_A, Inputs, zipf_indices
+
+if TYPE_CHECKING:
+    from .providers import Case
+
+
+def _providers():
+    """``bench.harness.providers``, reached at call time: it builds its GROUPS from
+    ``bag_groups()`` while it is imported, so a module-level import here would be circular."""
+    return importlib.import_module(f"{__package__}.providers")
 
 BAGS, POOLING = 4096, 32
 _BAG_INPUTS: dict[int, tuple] = {}  # id(inputs) -> (inputs, indices, offsets, grad)
@@ -61,21 +62,21 @@ def _forward(cls, mode: str):
             with torch.no_grad():
                 return table(idx, offsets)
 
-        return Case(step, params=[table.weight])
+        return _providers().Case(step, params=[table.weight])
 
     return build
 
 
 def _fbgemm_forward(mode: str):
     def build(inputs: Inputs) -> Case:
-        tbe = _fbgemm_tbe(inputs, "sgd", pooling=mode.upper())
+        tbe = _providers()._fbgemm_tbe(inputs, "sgd", pooling=mode.upper())
         idx, offsets, _ = bag_inputs(inputs)
 
         def step():
             with torch.no_grad():
                 return tbe(idx, offsets)
 
-        return Case(step, params=tbe.split_embedding_weights())
+        return _providers().Case(step, params=tbe.split_embedding_weights())
 
     return build
 
@@ -83,7 +84,10 @@ def _fbgemm_forward(mode: str):
 def _train(cls, make_opt, sparse: bool, fused: bool = False):
     def build(inputs: Inputs) -> Case:
         table = _table(cls, inputs, "sum", sparse)
-        opt = _sparsemb_fused_backward("adam", table) if fused else make_opt(table.parameters())
+        if fused:
+            opt = _providers()._sparsemb_fused_backward("adam", table)
+        else:
+            opt = make_opt(table.parameters())
         idx, bounds, grad = bag_inputs(inputs)
         offsets = bounds[:-1]
 
@@ -92,29 +96,33 @@ def _train(cls, make_opt, sparse: bool, fused: bool = False):
             opt.step()
             opt.zero_grad(set_to_none=True)
 
-        return Case(step, params=[table.weight], optimizer=opt)
+        return _providers().Case(step, params=[table.weight], optimizer=opt)
 
     return build
 
 
 def _fbgemm_train(optimizer: str):
     def build(inputs: Inputs) -> Case:
-        tbe = _fbgemm_tbe(inputs, optimizer, pooling="SUM")
+        tbe = _providers()._fbgemm_tbe(inputs, optimizer, pooling="SUM")
         idx, offsets, grad = bag_inputs(inputs)
 
         def step():  # the update is fused into FBGEMM's backward
             tbe(idx, offsets).backward(grad)
 
-        return Case(step, params=tbe.split_embedding_weights(), extra_state=_fbgemm_states(tbe))
+        p = _providers()
+        return p.Case(step, params=tbe.split_embedding_weights(), extra_state=p._fbgemm_states(tbe))
 
     return build
 
 
-def _adam(sparse_rule):
-    return lambda params: sparse_rule(params, lr=LR["adam"], betas=BETAS, eps=EPS["adam"])
+def _adam(rule):
+    p = _providers()
+    return lambda params: rule(params, lr=p.LR["adam"], betas=p.BETAS, eps=p.EPS["adam"])
 
 
-def bag_groups() -> list[Group]:
+def bag_groups() -> list:
+    p = _providers()
+    Group, Provider, LR = p.Group, p.Provider, p.LR
     shape = f"{BAGS}x{POOLING}"
     groups = []
     for mode in ("sum", "mean"):
@@ -134,8 +142,7 @@ def bag_groups() -> list[Group]:
         Provider("sparsemb bag fused-backward Adam", "sparsemb fused",
                  _train(sparsemb.EmbeddingBag, None, True, fused=True), table_copies=3),
         Provider("torch bag dense + Adam", "torch",
-                 _train(torch.nn.EmbeddingBag, lambda p: torch.optim.Adam(
-                     p, lr=LR["adam"], betas=BETAS, eps=EPS["adam"]), False), table_copies=6),
+                 _train(torch.nn.EmbeddingBag, _adam(torch.optim.Adam), False), table_copies=6),
         Provider("torch bag sparse + SparseAdam", "torch sparse",
                  _train(torch.nn.EmbeddingBag, _adam(torch.optim.SparseAdam), True),
                  table_copies=3),
