@@ -640,3 +640,4 @@ QUICK_GROUPS = (
     "optim_adam",
 )
 
+QUICK_GROUPS += ("bag_forward_sum", "bag_step_adam")  # EmbeddingBag: bench/harness/bag_providers.py
