@@ -42,12 +42,25 @@ def bag_lookup(
     if not needs_grad:
         args = (weight, indices, offsets, per_sample_weights, mode, padding_idx, check_bounds)
         return _ops.ops().bag_forward(*args)[0]
-    if sparse:
-        keep_grad_coalesced(weight)
-    return _BagLookup.apply(
+    args = (
         weight, per_sample_weights, indices, offsets, mode, padding_idx, scale_grad_by_freq,
         sparse, check_bounds,
     )  # fmt: skip
+    if torch.compiler.is_compiling():
+        return _bag_lookup_outside_graph(*args)
+    if sparse:
+        keep_grad_coalesced(weight)
+    return _BagLookup.apply(*args)
+
+
+@torch._disable_dynamo  # torch.compiler.disable, without importing torch._dynamo at import time
+def _bag_lookup_outside_graph(*args) -> Tensor:
+    """Under torch.compile, a pooled lookup that needs gradients runs eagerly (a graph break):
+    its classic-style Function is not traceable, and a sparse gradient could not be traced
+    anyway (see ``_autograd._sparse_lookup_outside_graph``). No-grad lookups stay in the graph."""
+    if args[7]:
+        keep_grad_coalesced(args[0])
+    return _BagLookup.apply(*args)
 
 
 class _BagLookup(torch.autograd.Function):
@@ -62,7 +75,6 @@ class _BagLookup(torch.autograd.Function):
             weight, indices, offsets, per_sample_weights, mode, padding_idx, check_bounds
         )
         ctx.save_for_backward(weight, per_sample_weights, indices, offsets, argmax)
-        ctx.mark_non_differentiable(argmax)
         ctx.mode, ctx.padding_idx = mode, padding_idx
         ctx.scale_grad_by_freq, ctx.sparse = scale_grad_by_freq, sparse
         ctx.fused_update = fused_update_of(weight)
