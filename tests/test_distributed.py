@@ -21,13 +21,17 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import sparsemb
+from sparsemb.distributed import load_sharded_state_dict, sharded_state_dict
 from sparsemb.optim import SparseAdam, SparseAware, SparseSGD
 
-pytestmark = pytest.mark.skipif(
-    not (dist.is_available() and dist.is_gloo_available()), reason="needs torch.distributed gloo"
-)
+pytestmark = [pytest.mark.skipif(
+    not (dist.is_available() and dist.is_gloo_available()), reason="needs torch.distributed gloo"),
+    # dcp.save / dcp.load in the test process itself (no process group) say so; that is the case
+    pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning"),
+]
 
 PG_TIMEOUT_S = 30  # a collective that waits longer raises on the waiting ranks
+KILL_TIMEOUT_S = 10  # the group's timeout in the run where a rank is killed
 LAUNCH_TIMEOUT_S = 120  # the whole run; past it every rank is killed and the test fails
 
 
@@ -37,34 +41,45 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rank_main(rank, world, port, scenario, out_dir, kwargs):
+def _rank_main(rank, world, port, plan, out_dir, pg_timeout_s):
+    """One rank: run each (scenario, kwargs) of ``plan`` in order, saving {scenario: result or
+    traceback} after each, so a rank that dies on purpose still reports what it ran before."""
     torch.set_num_threads(1)
+    path = os.path.join(out_dir, f"rank{rank}.pt")
+    results = {}
     try:
         dist.init_process_group(
             "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
-            timeout=datetime.timedelta(seconds=PG_TIMEOUT_S),
+            timeout=datetime.timedelta(seconds=pg_timeout_s),
         )
-        result = globals()[scenario](rank, world, **kwargs)
-        torch.save({"ok": True, "result": result}, os.path.join(out_dir, f"rank{rank}.pt"))
-    except BaseException:
-        torch.save({"ok": False, "error": traceback.format_exc()},
-                   os.path.join(out_dir, f"rank{rank}.pt"))
+        for scenario, kwargs in plan:
+            torch.save(results, path)
+            try:
+                results[scenario] = {"ok": True,
+                                     "result": globals()[scenario](rank, world, **kwargs)}
+            except Exception:
+                results[scenario] = {"ok": False, "error": traceback.format_exc()}
+    except Exception:
+        results["launch"] = {"ok": False, "error": traceback.format_exc()}
     finally:
+        torch.save(results, path)
         if dist.is_initialized():
             dist.destroy_process_group()
 
 
-def launch(scenario, world, tmp_path, expect_exit=None, **kwargs):
-    """Run ``scenario(rank, world, **kwargs)`` on ``world`` processes; return each rank's result.
-    ``expect_exit``: {rank: exit code} for ranks that are meant to die."""
+def launch(plan, world, out_dir, pg_timeout_s=PG_TIMEOUT_S, expect_exit=None):
+    """Run the scenarios of ``plan`` ([(name, kwargs)]) on ``world`` processes.
+
+    Returns, per rank, {name: {"ok", "result" or "error"}}. ``expect_exit``: {rank: exit
+    code} of ranks that are meant to die. A run past LAUNCH_TIMEOUT_S is killed and fails."""
     expect_exit = expect_exit or {}
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(["torch", "sparsemb", "sparsemb.distributed"])
-    out_dir = tmp_path / f"{scenario}-{world}"
-    out_dir.mkdir()
+    out_dir.mkdir(parents=True)
     port = _free_port()
     procs = [
-        ctx.Process(target=_rank_main, args=(r, world, port, scenario, str(out_dir), kwargs))
+        ctx.Process(target=_rank_main,
+                    args=(r, world, port, plan, str(out_dir), pg_timeout_s))
         for r in range(world)
     ]
     for p in procs:
@@ -76,23 +91,20 @@ def launch(scenario, world, tmp_path, expect_exit=None, **kwargs):
     for r in hung:
         procs[r].kill()
         procs[r].join()
-    assert not hung, f"ranks {hung} of {scenario} did not finish in {LAUNCH_TIMEOUT_S} s"
-    results, errors = [], []
+    assert not hung, f"ranks {hung} did not finish in {LAUNCH_TIMEOUT_S} s"
     for r, p in enumerate(procs):
-        if r in expect_exit:
-            assert p.exitcode == expect_exit[r], f"rank {r} exited with {p.exitcode}"
-            results.append(None)
-            continue
-        path = out_dir / f"rank{r}.pt"
-        if not path.exists():
-            errors.append(f"rank {r}: exit code {p.exitcode}, no result")
-            continue
-        record = torch.load(path, weights_only=False)
-        if not record["ok"]:
-            errors.append(f"rank {r}:\n{record['error']}")
-        results.append(record.get("result"))
-    assert not errors, "\n".join(errors)
-    return results
+        assert p.exitcode == expect_exit.get(r, 0), f"rank {r} exited with {p.exitcode}"
+    return [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in range(world)]
+
+
+def results_of(runs, scenario, ranks=None):
+    """The scenario's result on each rank (``ranks``: default all); fails with every rank's
+    traceback."""
+    ranks = range(len(runs)) if ranks is None else ranks
+    errors = [f"rank {r}: " + runs[r].get(scenario, runs[r].get("launch", {"error": "not run"}))
+              .get("error", "") for r in ranks if not runs[r].get(scenario, {}).get("ok")]
+    assert not errors, f"{scenario} failed:\n" + "\n".join(errors)
+    return [runs[r][scenario]["result"] for r in ranks]
 
 
 # ----- shared builders
@@ -228,20 +240,237 @@ def scenario_bad_index(rank, world):
     assert torch.equal(table.weight.detach(), before), "a rejected lookup wrote the table"
     out = table(torch.tensor([rank, 9]))  # the group is still in step
     assert out.shape == (2, 4)
+    with pytest.raises(TypeError):
+        table(torch.tensor([0.0]))
+    with pytest.raises(ValueError, match="grad_reduction"):
+        ShardedEmbedding(10, 4, grad_reduction="avg")
+    with pytest.raises(ValueError, match="shard"):
+        ShardedEmbedding(10, 4, _weight=torch.zeros(10, 4))  # the full table, not a shard
+    with pytest.raises(ValueError, match="row_map"):
+        ShardedEmbedding(10, 4, row_map=torch.zeros(9, dtype=torch.int64))
     return True
 
 
-def test_parity_sgd_world2(tmp_path):
-    launch("scenario_parity_sgd", 2, tmp_path)
+@pytest.fixture(scope="module")
+def world2(tmp_path_factory):
+    """One world-2 run of the training scenarios (process start-up is paid once)."""
+    plan = [("scenario_parity_sgd", {}), ("scenario_adam_ddp_max_norm", {}),
+            ("scenario_bad_index", {})]
+    return launch(plan, 2, tmp_path_factory.mktemp("dist") / "world2")
 
 
-def test_parity_sgd_world4(tmp_path):
-    launch("scenario_parity_sgd", 4, tmp_path)
+@pytest.fixture(scope="module")
+def world4(tmp_path_factory):
+    """One world-4 run: SGD parity, a DCP checkpoint saved, then rank 3 killed mid-step."""
+    root = tmp_path_factory.mktemp("dist")
+    plan = [("scenario_parity_sgd", {}),
+            ("scenario_save_world4", {"ckpt": str(root / "ckpt-world4")}),
+            ("scenario_killed_rank", {"victim": 3})]
+    runs = launch(plan, 4, root / "world4", pg_timeout_s=KILL_TIMEOUT_S, expect_exit={3: 3})
+    return runs, root / "ckpt-world4"
 
 
-def test_adam_ddp_max_norm_world2(tmp_path):
-    launch("scenario_adam_ddp_max_norm", 2, tmp_path)
+def test_parity_sgd_world2(world2):
+    assert all(results_of(world2, "scenario_parity_sgd"))
 
 
-def test_bad_index_raises_on_every_rank(tmp_path):
-    launch("scenario_bad_index", 2, tmp_path)
+def test_parity_sgd_world4(world4):
+    assert all(results_of(world4[0], "scenario_parity_sgd"))
+
+
+def test_adam_ddp_max_norm_world2(world2):
+    assert all(results_of(world2, "scenario_adam_ddp_max_norm"))
+
+
+def test_bad_index_raises_on_every_rank(world2):
+    assert all(results_of(world2, "scenario_bad_index"))
+
+
+def scenario_killed_rank(rank, world, victim):
+    """Rank ``victim`` dies between forward and backward; the others' backward exchange must
+    raise (gloo sees the closed connection, else the group's timeout) instead of hanging."""
+    from sparsemb.distributed import ShardedEmbedding
+
+    table = ShardedEmbedding.from_pretrained(_table(20, 4), freeze=False, sparse=True)
+    table(torch.tensor([rank, 19])).sum().backward()  # one good step first
+    out = table(torch.tensor([rank, 11, 19]))
+    if rank == victim:
+        os._exit(3)
+    start = time.monotonic()
+    try:
+        out.sum().backward()
+        table(torch.tensor([0]))
+    except Exception as error:  # noqa: BLE001  (whatever the backend raises is the result)
+        return {"error": f"{type(error).__name__}: {error}", "seconds": time.monotonic() - start}
+    return {"error": None, "seconds": time.monotonic() - start}
+
+
+def test_killed_rank_surfaces_as_error(world4):
+    """Rank 3 exits between forward and backward: ranks 0-2 raise within the group's timeout
+    (here KILL_TIMEOUT_S; in practice gloo reports the closed connection at once)."""
+    for rank, result in enumerate(results_of(world4[0], "scenario_killed_rank", ranks=[0, 1, 2])):
+        assert result["error"] is not None, f"rank {rank} did not notice the dead rank"
+        assert result["seconds"] < KILL_TIMEOUT_S + 5, result
+
+
+# ----- resharding checkpoints: world 4 -> single process -> world 2
+
+
+class _Holder(torch.nn.Module):
+    """The same parameter name ("emb.weight") for the sharded and the single-process table."""
+
+    def __init__(self, table):
+        super().__init__()
+        self.emb = table
+
+
+CKPT_ROWS, CKPT_DIM, CKPT_LR = 23, 6, 0.1
+
+
+def _ckpt_batches(world, step):
+    return _global_batch(world, 8, CKPT_ROWS, seed=50 + step, hot=4)
+
+
+def _train_step(model, opt, batches, rank=None):
+    """One Adam step on the sum of the ranks' losses (all of them when ``rank`` is None)."""
+    idx = batches.reshape(-1) if rank is None else batches[rank]
+    weights = torch.linspace(-1, 1, CKPT_DIM)
+    opt.zero_grad()
+    (model.emb(idx) * weights).pow(2).sum().backward()
+    opt.step()
+
+
+def _full_state(model, opt):
+    """Weight and optimizer state of ``model.emb`` as whole-table tensors."""
+    from sparsemb.distributed import ShardedEmbedding
+    from sparsemb.distributed.checkpoint import as_global
+
+    table, state = model.emb, opt.state[model.emb.weight]
+    if isinstance(table, ShardedEmbedding):
+        moments = {k: as_global(table, state[k]).full_tensor() for k in ("exp_avg", "exp_avg_sq")}
+        return {"weight": table.full_weight(), "step": state["step"], **moments}
+    return {"weight": table.weight.detach().clone(), "step": state["step"],
+            "exp_avg": state["exp_avg"].clone(), "exp_avg_sq": state["exp_avg_sq"].clone()}
+
+
+def _assert_states_equal(got, expected, exact=True):
+    assert got["step"] == expected["step"]
+    for key in ("weight", "exp_avg", "exp_avg_sq"):
+        if exact:
+            assert torch.equal(got[key], expected[key]), key
+        else:
+            torch.testing.assert_close(got[key], expected[key])
+
+
+def _sharded_model(seed):
+    from sparsemb.distributed import ShardedEmbedding
+
+    torch.manual_seed(seed)  # a fresh, different table: the checkpoint must overwrite it
+    return _Holder(ShardedEmbedding(CKPT_ROWS, CKPT_DIM, sparse=True))
+
+
+def scenario_save_world4(rank, world, ckpt):
+    import torch.distributed.checkpoint as dcp
+
+    from sparsemb.distributed import ShardedEmbedding
+
+    model = _Holder(ShardedEmbedding.from_pretrained(_table(CKPT_ROWS, CKPT_DIM, seed=7),
+                                                     freeze=False, sparse=True))
+    opt = SparseAdam(model.parameters(), lr=CKPT_LR)
+    for step in range(2):
+        _train_step(model, opt, _ckpt_batches(world, step), rank)
+    dcp.save(sharded_state_dict(model, opt), checkpoint_id=ckpt)
+    return _full_state(model, opt)
+
+
+def scenario_load_world2(rank, world, ckpt4, ckpt1, saved4, stepped):
+    import torch.distributed.checkpoint as dcp
+
+    model = _sharded_model(seed=rank + 100)
+    opt = SparseAdam(model.parameters(), lr=CKPT_LR)
+    state = sharded_state_dict(model, opt)
+    dcp.load(state, checkpoint_id=ckpt4)
+    load_sharded_state_dict(model, opt, state)
+    _assert_states_equal(_full_state(model, opt), saved4)  # world 4 -> world 2, bit for bit
+    _train_step(model, opt, _ckpt_batches(world, 2), rank)  # the step the single process took
+    _assert_states_equal(_full_state(model, opt), stepped, exact=False)
+
+    model = _sharded_model(seed=rank + 200)
+    opt = SparseAdam(model.parameters(), lr=CKPT_LR)
+    state = sharded_state_dict(model, opt)
+    dcp.load(state, checkpoint_id=ckpt1)  # saved by the single process
+    load_sharded_state_dict(model, opt, state)
+    _assert_states_equal(_full_state(model, opt), stepped)
+    return True
+
+
+def test_resharding_checkpoint_4_to_1_to_2(world4, tmp_path):
+    """DCP checkpoints with Adam state: saved at world size 4, loaded into one
+    sparsemb.Embedding, stepped and saved there, loaded at world size 2 (both checkpoints)."""
+    import torch.distributed.checkpoint as dcp
+
+    saved4 = results_of(world4[0], "scenario_save_world4", ranks=[0, 1, 2])
+    assert all(_same(saved4[0], other) for other in saved4[1:])
+    ckpt4, ckpt1 = str(world4[1]), str(tmp_path / "ckpt-single")
+
+    single = _Holder(sparsemb.Embedding(CKPT_ROWS, CKPT_DIM, sparse=True))
+    opt = SparseAdam(single.parameters(), lr=CKPT_LR)
+    state = sharded_state_dict(single, opt)
+    dcp.load(state, checkpoint_id=ckpt4)
+    load_sharded_state_dict(single, opt, state)
+    _assert_states_equal(_full_state(single, opt), saved4[0])
+    _train_step(single, opt, _ckpt_batches(2, 2))  # the global batch of the world-2 run
+    stepped = _full_state(single, opt)
+    dcp.save(sharded_state_dict(single, opt), checkpoint_id=ckpt1)
+
+    plan = [("scenario_load_world2", dict(ckpt4=ckpt4, ckpt1=ckpt1, saved4=saved4[0],
+                                          stepped=stepped))]
+    assert all(results_of(launch(plan, 2, tmp_path / "world2"), "scenario_load_world2"))
+
+
+def _same(a, b):
+    return a["step"] == b["step"] and all(
+        torch.equal(a[k], b[k]) for k in ("weight", "exp_avg", "exp_avg_sq"))
+
+
+# ----- the row layouts (no process group needed)
+
+
+@pytest.mark.parametrize("rows,world", [(37, 4), (5, 4), (8, 2), (0, 3), (3, 5)])
+def test_blocks_layout_is_dtensors_split(rows, world):
+    """Shard r holds torch.chunk's r-th block (DTensor's Shard(0) split, which DCP reshards);
+    every row has one owner, at its position in that block."""
+    from sparsemb.distributed import RowLayout
+
+    layout = RowLayout.blocks(rows, world)
+    chunks = list(torch.arange(rows).chunk(world)) if rows else []
+    chunks += [torch.arange(0)] * (world - len(chunks))
+    for r in range(world):
+        assert torch.equal(layout.rows_of(r), chunks[r])
+        assert layout.num_rows_of(r) == chunks[r].numel()
+    owner, local = layout.owner_and_local(torch.arange(rows))
+    for row in range(rows):
+        assert layout.rows_of(int(owner[row]))[int(local[row])] == row
+
+
+def test_map_layout_positions():
+    from sparsemb.distributed import RowLayout
+
+    row_map = torch.tensor([2, 0, 2, 1, 0, 2])
+    layout = RowLayout.from_map(row_map, 3)
+    assert [layout.rows_of(r).tolist() for r in range(3)] == [[1, 4], [3], [0, 2, 5]]
+    owner, local = layout.owner_and_local(torch.tensor([5, 0, 4]))
+    assert owner.tolist() == [2, 2, 0] and local.tolist() == [2, 0, 1]
+    with pytest.raises(ValueError, match="outside"):
+        RowLayout.from_map(torch.tensor([0, 3]), 3)
+    with pytest.raises(TypeError):
+        RowLayout.from_map(torch.tensor([0.0, 1.0]), 3)
+
+
+def test_needs_a_process_group():
+    from sparsemb.distributed import ShardedEmbedding
+
+    if dist.is_initialized():
+        pytest.skip("a process group is already running in this process")
+    with pytest.raises(RuntimeError, match="init_process_group"):
+        ShardedEmbedding(10, 4)
