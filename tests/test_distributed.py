@@ -223,6 +223,29 @@ def scenario_adam_ddp_max_norm(rank, world):
     return True
 
 
+def scenario_dense_grad(rank, world):
+    """sparse=False: the shard gets a dense (local rows, D) gradient that torch's SGD takes;
+    integer-valued gradients and lr 0.5 keep every sum exact, so the tables match bit for bit."""
+    from sparsemb.distributed import ShardedEmbedding
+
+    full = _table(13, 3, seed=4)
+    table = ShardedEmbedding.from_pretrained(full.clone(), freeze=False, padding_idx=-1)
+    ref = sparsemb.Embedding.from_pretrained(full.clone(), freeze=False, padding_idx=-1)
+    opt = torch.optim.SGD(table.parameters(), lr=0.5)
+    ref_opt = torch.optim.SGD(ref.parameters(), lr=0.5)
+    batch = _global_batch(world, 10, 13, seed=8, hot=12)
+    target = torch.randint(-2, 3, (world, 10, 3),
+                           generator=torch.Generator().manual_seed(9)).float()
+    (table(batch[rank]) * target[rank]).sum().backward()
+    (ref(batch) * target).sum().backward()
+    assert not table.weight.grad.is_sparse
+    assert table.weight.grad.shape == table.weight.shape  # the shard's size, not the table's
+    opt.step()
+    ref_opt.step()
+    assert torch.equal(table.full_weight(), ref.weight.detach())
+    return True
+
+
 def scenario_bad_index(rank, world):
     """Rank 1 looks up row V: every rank raises IndexError, nothing is written (max_norm
     would renorm), and the group still works for the next lookup."""
@@ -255,7 +278,7 @@ def scenario_bad_index(rank, world):
 def world2(tmp_path_factory):
     """One world-2 run of the training scenarios (process start-up is paid once)."""
     plan = [("scenario_parity_sgd", {}), ("scenario_adam_ddp_max_norm", {}),
-            ("scenario_bad_index", {})]
+            ("scenario_bad_index", {}), ("scenario_dense_grad", {})]
     return launch(plan, 2, tmp_path_factory.mktemp("dist") / "world2")
 
 
@@ -280,6 +303,10 @@ def test_parity_sgd_world4(world4):
 
 def test_adam_ddp_max_norm_world2(world2):
     assert all(results_of(world2, "scenario_adam_ddp_max_norm"))
+
+
+def test_dense_grad_with_torch_sgd(world2):
+    assert all(results_of(world2, "scenario_dense_grad"))
 
 
 def test_bad_index_raises_on_every_rank(world2):

@@ -90,11 +90,12 @@ class ShardedEmbedding(nn.Module):
         self.sparse, self.grad_reduction = bool(sparse), grad_reduction
         self.scale_grad_by_freq = False  # not offered: the owner sees each rank's rows once
         self.local_rows = self.layout.rows_of(self.rank)  # global ids of this shard's rows
+        self._padding_local = self._local_padding()  # the padding row's place here, if here
         shape = (self.local_rows.numel(), embedding_dim)
         if _weight is None:
             weight = torch.empty(shape, device=device, dtype=dtype).normal_()
-            if self._local_padding() is not None:
-                weight[self._local_padding()] = 0
+            if self._padding_local is not None:
+                weight[self._padding_local] = 0
         else:
             if tuple(_weight.shape) != shape:
                 raise ValueError(f"_weight is this rank's shard: expected shape {shape}, "
@@ -129,18 +130,22 @@ class ShardedEmbedding(nn.Module):
     def _local_padding(self) -> int | None:
         if self.padding_idx is None:
             return None
-        owner, local = self.layout.owner_and_local(torch.tensor([self.padding_idx]))
+        row = torch.tensor([self.padding_idx], device=self.layout.row_map.device
+                           if self.layout.row_map is not None else "cpu")
+        owner, local = self.layout.owner_and_local(row)
         return int(local) if int(owner) == self.rank else None
 
     def forward(self, input: Tensor) -> Tensor:
         if not isinstance(input, Tensor) or input.dtype not in INDEX_DTYPES:
             raise TypeError("indices must be an int32 or int64 tensor")
         device = self.weight.device
-        flat = input.reshape(-1).to(device=device, dtype=torch.int64)
+        if input.device != device:
+            raise ValueError(f"indices are on {input.device} but the shard is on {device}")
+        flat = input.reshape(-1).to(torch.int64)
         out_of_range = (flat < 0) | (flat >= self.num_embeddings)
         bad = bool(out_of_range.any())
         if bad:  # still join the count exchange, so the other ranks learn it and raise too
-            unique = inverse = local = flat.new_empty(0)
+            inverse = local = flat.new_empty(0)
             send_counts = torch.zeros(self.world_size, dtype=torch.int64, device=device)
         else:
             unique, inverse = torch.unique(flat, sorted=True, return_inverse=True)
@@ -165,7 +170,7 @@ class ShardedEmbedding(nn.Module):
         send_splits = send_counts.tolist()
         wanted = exchange(local, send_splits, recv_counts, self.group)
         rows = embedding(
-            wanted, self.weight, self._local_padding(), self.max_norm, self.norm_type,
+            wanted, self.weight, self._padding_local, self.max_norm, self.norm_type,
             sparse=self.sparse, bounds_check="none",
         )
         scale = 1.0 / self.world_size if self.grad_reduction == "mean" else 1.0
