@@ -229,6 +229,23 @@ def _ddp_max_norm(rank, world, rule):
     assert (looked_up.norm(dim=1) <= 1.5 + 1e-5).all()
 
 
+def scenario_subgroups(rank, world):
+    """Two tables on the process groups {0, 1} and {2, 3}: each is sharded over its own group
+    only and looks up what that group's ranks ask for."""
+    from sparsemb.distributed import ShardedEmbedding
+
+    groups = [dist.new_group([0, 1]), dist.new_group([2, 3])]  # every rank creates both
+    mine = rank // 2
+    full = _table(9, 4, seed=mine)
+    table = ShardedEmbedding.from_pretrained(full.clone(), process_group=groups[mine])
+    assert table.world_size == 2 and table.rank == rank % 2
+    assert table.weight.shape[0] == (5 if rank % 2 == 0 else 4)
+    idx = torch.tensor([8, rank, 0, 8])
+    assert torch.equal(table(idx), full[idx])
+    assert torch.equal(table.full_weight(), full)
+    return True
+
+
 def scenario_dense_grad(rank, world):
     """sparse=False: the shard gets a dense (local rows, D) gradient that torch's SGD takes;
     integer-valued gradients and lr 0.5 keep every sum exact, so the tables match bit for bit."""
@@ -294,6 +311,7 @@ def world4(tmp_path_factory):
     root = tmp_path_factory.mktemp("dist")
     plan = [("scenario_parity_sgd", {}),
             ("scenario_save_world4", {"ckpt": str(root / "ckpt-world4")}),
+            ("scenario_subgroups", {}),
             ("scenario_killed_rank", {"victim": 3})]
     runs = launch(plan, 4, root / "world4", pg_timeout_s=KILL_TIMEOUT_S, expect_exit={3: 3})
     return runs, root / "ckpt-world4"
@@ -309,6 +327,10 @@ def test_parity_sgd_world4(world4):
 
 def test_sgd_adam_ddp_mean_max_norm_world2(world2):
     assert all(results_of(world2, "scenario_ddp_max_norm"))
+
+
+def test_tables_on_subgroups(world4):
+    assert all(results_of(world4[0], "scenario_subgroups", ranks=[0, 1, 2, 3]))
 
 
 def test_dense_grad_with_torch_sgd(world2):
