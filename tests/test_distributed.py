@@ -10,6 +10,7 @@ global batch with the ranks' losses summed (or averaged, with ``grad_reduction="
 from __future__ import annotations
 
 import datetime
+import importlib.util
 import os
 import socket
 import time
@@ -30,6 +31,7 @@ pytestmark = [pytest.mark.skipif(
     pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning"),
 ]
 
+HAS_TRITON = importlib.util.find_spec("triton") is not None
 PG_TIMEOUT_S = 30  # a collective that waits longer raises on the waiting ranks
 KILL_TIMEOUT_S = 10  # the group's timeout in the run where a rank is killed
 LAUNCH_TIMEOUT_S = 120  # the whole run; past it every rank is killed and the test fails
@@ -246,6 +248,21 @@ def scenario_subgroups(rank, world):
     return True
 
 
+def scenario_parity_triton(rank, world):
+    """The owners' lookups, gradients and updates on the Triton kernels (the interpreter on
+    CPU: conftest put TRITON_INTERPRET=1 in the environment the ranks inherit)."""
+    if not HAS_TRITON:
+        return None
+    from sparsemb._backend import uses_triton
+
+    os.environ["SPARSEMB_BACKEND"] = "triton"
+    try:
+        assert uses_triton(torch.zeros(1, 1))
+        return _sgd_parity(rank, world, steps=2)
+    finally:
+        del os.environ["SPARSEMB_BACKEND"]
+
+
 def scenario_dense_grad(rank, world):
     """sparse=False: the shard gets a dense (local rows, D) gradient that torch's SGD takes;
     integer-valued gradients and lr 0.5 keep every sum exact, so the tables match bit for bit."""
@@ -301,7 +318,8 @@ def scenario_bad_index(rank, world):
 def world2(tmp_path_factory):
     """One world-2 run of the training scenarios (process start-up is paid once)."""
     plan = [("scenario_parity_sgd", {}), ("scenario_ddp_max_norm", {}),
-            ("scenario_bad_index", {}), ("scenario_dense_grad", {})]
+            ("scenario_bad_index", {}), ("scenario_dense_grad", {}),
+            ("scenario_parity_triton", {})]
     return launch(plan, 2, tmp_path_factory.mktemp("dist") / "world2")
 
 
@@ -331,6 +349,12 @@ def test_sgd_adam_ddp_mean_max_norm_world2(world2):
 
 def test_tables_on_subgroups(world4):
     assert all(results_of(world4[0], "scenario_subgroups", ranks=[0, 1, 2, 3]))
+
+
+def test_parity_sgd_triton_kernels_world2(world2):
+    if not HAS_TRITON:
+        pytest.skip("triton is not installed")
+    assert all(results_of(world2, "scenario_parity_triton"))
 
 
 def test_dense_grad_with_torch_sgd(world2):
