@@ -18,10 +18,19 @@ from sparsemb.optim.rules import SPARSE_RULES
 def _is_sparse_table(module: nn.Module) -> bool:
     """A lookup table whose weight gets a sparse gradient (sparsemb's or torch's)."""
     return (
-        isinstance(module, (nn.Embedding, nn.EmbeddingBag))
+        (isinstance(module, (nn.Embedding, nn.EmbeddingBag)) or _is_sparsemb_lookup(module))
         and bool(module.sparse)
         and module.weight.requires_grad
     )
+
+
+def _is_sparsemb_lookup(module: nn.Module) -> bool:
+    """A module whose weight is read through sparsemb's lookup, so its backward honours the
+    fused-update hook: ``sparsemb.Embedding``, or one that says so (``sparsemb_lookup = True``,
+    e.g. ``sparsemb.distributed.ShardedEmbedding``, whose weight is a local shard)."""
+    from sparsemb.nn import Embedding
+
+    return isinstance(module, Embedding) or bool(getattr(type(module), "sparsemb_lookup", False))
 
 
 class SparseAware(torch.optim.Optimizer):
@@ -307,15 +316,13 @@ def _split(
     model_or_params: nn.Module | Iterable[Any],
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[int, str], list[Tensor]]:
     """(sparse groups, dense groups, {id(param): name}, weights that can take fused backward)."""
-    from sparsemb.nn import Embedding  # a sparsemb table: its backward honours the fused hook
-
     if isinstance(model_or_params, Tensor):
         raise TypeError("model_or_params must be a module or an iterable of parameters, "
                         "not a single tensor")
     if isinstance(model_or_params, nn.Module):
         tables = [m for m in model_or_params.modules() if _is_sparse_table(m)]
         sparse_ids = {id(m.weight) for m in tables}
-        fusable = [m.weight for m in tables if isinstance(m, Embedding)]
+        fusable = [m.weight for m in tables if _is_sparsemb_lookup(m)]
         sparse, dense, names = [], [], {}
         for name, p in model_or_params.named_parameters():
             if not p.requires_grad:
