@@ -10,11 +10,12 @@ from sparsemb import (
     _ops,  # noqa: F401  (registers the sparsemb:: torch.library ops)
     optim,
 )
+from sparsemb.convert import convert
 from sparsemb.functional import embedding
 from sparsemb.nn import Embedding
 
 __version__ = "0.1.0"
-__all__ = ["Embedding", "embedding", "optim", "vectors", "__version__"]
+__all__ = ["Embedding", "convert", "embedding", "optim", "vectors", "__version__"]
 
 _LAZY_SUBMODULES = ("vectors",)
 
