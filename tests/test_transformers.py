@@ -103,3 +103,21 @@ def test_clip_sparse_grads_is_idempotent_and_checks_its_argument(tmp_path):
     assert trainer.accelerator.clip_grad_norm_ is once
     with pytest.raises(TypeError, match="Accelerator"):
         clip_sparse_grads(trainer)
+
+
+def test_llama_with_a_sparse_table_compiles_without_graph_breaks():
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
+        tie_word_embeddings=False,
+    )
+    model = transformers.LlamaForCausalLM(config)
+    assert sparsemb.convert(model, sparse=True).replaced == ["model.embed_tokens"]
+    ids = torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(1))
+    torch._dynamo.reset()
+    try:
+        explained = torch._dynamo.explain(lambda i: model(input_ids=i, labels=i).loss)(ids)
+    finally:
+        torch._dynamo.reset()
+    assert explained.graph_break_count == 0, explained.break_reasons
