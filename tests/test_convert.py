@@ -208,6 +208,9 @@ def test_sparse_aware_tied_raise_changes_nothing():
     assert model.wte.sparse
     with pytest.raises(ValueError, match="tied must be"):
         sparsemb.optim.SparseAware(model, tied="ignore")
+    with pytest.raises(ValueError, match="learning rate"):  # the dense optimizer refuses
+        sparsemb.optim.SparseAware(model, dense=torch.optim.Adam, dense_options={"lr": -1.0})
+    assert model.wte.sparse
 
 
 def shared_storage_model():

@@ -76,7 +76,7 @@ class SparseAware(torch.optim.Optimizer):
             raise ValueError(
                 f"fused_backward needs a sparsemb rule ({sorted(SPARSE_RULES)}), got {sparse_cls}"
             )
-        sparse_groups, dense_groups, names, fusable = _split(model_or_params, tied)
+        sparse_groups, dense_groups, names, fusable, untie = _split(model_or_params, tied)
         if not sparse_groups and not dense_groups:
             raise ValueError("SparseAware got no trainable parameters")
         base = {} if lr is None else {"lr": lr}
@@ -96,6 +96,7 @@ class SparseAware(torch.optim.Optimizer):
             self.sparse_optimizer.enable_fused_backward(fusable)
         self._names = names
         self._base_defaults = dict(base)
+        _untie(untie)  # both optimizers built: only now change the tied tables
         # what torch.optim.Optimizer.__init__ sets up for hooks and profiling (not called: the
         # groups and the state live in the two inner optimizers)
         self._optimizer_step_pre_hooks = OrderedDict()
@@ -313,9 +314,10 @@ class _GroupView(MutableMapping):
         return repr(self.group)
 
 
-def _untie(model: nn.Module, tied: str) -> None:
-    """Check the sparse tables' weights for ties and shared storage (see ``sparsemb._ties``);
-    a table tied to a non-table module gets ``sparse=False`` (tied="dense") or an error."""
+def _find_ties(model: nn.Module, tied: str) -> list[tuple[nn.Module, str, list[str]]]:
+    """Check the sparse tables' weights for ties and shared storage (see ``sparsemb._ties``):
+    the tables tied to a non-table module, as (module, weight name, other owners); with
+    tied="raise" such a tie is an error, and shared storage always is."""
     uses = _ties.parameter_uses(model)
     untie = []
     for name, module in model.named_modules():
@@ -336,13 +338,18 @@ def _untie(model: nn.Module, tied: str) -> None:
                 "with sparse=False"
             )
         untie.append((module, label, outside))
-    for module, label, outside in untie:  # every table checked: now change them
+    return untie
+
+
+def _untie(untie: list[tuple[nn.Module, str, list[str]]]) -> None:
+    """Give each tied table a dense gradient, with a warning naming the tie."""
+    for module, label, outside in untie:
         module.sparse = False
         warnings.warn(
             f"SparseAware: the sparse table {label!r} is tied to {outside}, which add a dense "
             "gradient; the table now has sparse=False and its weight the dense optimizer "
             "(tied='raise' makes this an error)",
-            stacklevel=3,
+            stacklevel=4,
         )
 
 
@@ -366,16 +373,20 @@ def _check_no_shared_storage(sparse_groups, dense_groups, names) -> None:
 
 def _split(
     model_or_params: nn.Module | Iterable[Any], tied: str = "dense"
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[int, str], list[Tensor]]:
-    """(sparse groups, dense groups, {id(param): name}, weights that can take fused backward)."""
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[int, str], list[Tensor], list]:
+    """(sparse groups, dense groups, {id(param): name}, weights that can take fused backward,
+    tied tables to make dense once the optimizers are built)."""
     from sparsemb.nn import Embedding  # a sparsemb table: its backward honours the fused hook
 
     if isinstance(model_or_params, Tensor):
         raise TypeError("model_or_params must be a module or an iterable of parameters, "
                         "not a single tensor")
     if isinstance(model_or_params, nn.Module):
-        _untie(model_or_params, tied)
-        tables = [m for m in model_or_params.modules() if _is_sparse_table(m)]
+        untie = _find_ties(model_or_params, tied)
+        tied_ids = {id(m) for m, _, _ in untie}
+        tables = [
+            m for m in model_or_params.modules() if _is_sparse_table(m) and id(m) not in tied_ids
+        ]
         sparse_ids = {id(m.weight) for m in tables}
         fusable = [m.weight for m in tables if isinstance(m, Embedding)]
         sparse, dense, names = [], [], {}
@@ -389,6 +400,7 @@ def _split(
             [{"params": dense}] if dense else [],
             names,
             fusable,
+            untie,
         )
     sparse_groups, dense_groups, names, loose = [], [], {}, []
     for item in model_or_params:
@@ -414,4 +426,4 @@ def _split(
         dense_groups.insert(0, {"params": loose})
     _check_no_shared_storage(sparse_groups, dense_groups, names)
     fusable = [p for g in sparse_groups for p in g["params"]]
-    return sparse_groups, dense_groups, names, fusable
+    return sparse_groups, dense_groups, names, fusable, []
