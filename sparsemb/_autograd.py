@@ -106,8 +106,13 @@ def lookup(
         return _EagerLookup.apply(*args)
     if not (torch.is_grad_enabled() and weight.requires_grad):
         return _ops.ops().gather(weight, indices, check_bounds)
-    if sparse:
+    if sparse and weight.is_leaf:
         return _CompiledSparseLookup.apply(*args)
+    if sparse:
+        # A computed (non-leaf) weight: its gradient must flow back through the graph that
+        # computed it, which a sparse tensor cannot enter; it gets the dense gradient (the same
+        # size as the weight, which is materialized already), with no graph break.
+        return _Lookup.apply(weight, indices, padding_idx, scale_grad_by_freq, False, check_bounds)
     return _Lookup.apply(*args)
 
 

@@ -160,3 +160,21 @@ def test_max_norm_and_two_lookups_of_one_table_under_compile():
     torch.compile(f, fullgraph=True)(twin, a, b).backward()
     torch.testing.assert_close(twin.weight, table.weight)
     torch.testing.assert_close(dense(twin.weight.grad), dense(table.weight.grad))
+
+
+def test_a_computed_weight_gets_a_dense_gradient_without_a_graph_break():
+    """A non-leaf weight's gradient flows back through the ops that made it: under compile it
+    is dense (a sparse tensor cannot enter a compiled backward), and equals eager's."""
+    base = torch.randn(VOCAB, DIM)
+    eager_w, compiled_w = base.clone().requires_grad_(), base.clone().requires_grad_()
+    ids = random_indices(VOCAB, (3, 4), hot=5)
+
+    def f(w, i):
+        return (sparsemb.embedding(i, w * 2, padding_idx=1, sparse=True) ** 2).sum()
+
+    f(eager_w, ids).backward()
+    explained = torch._dynamo.explain(f)(compiled_w.detach().requires_grad_(), ids)
+    assert explained.graph_break_count == 0, explained.break_reasons
+    torch._dynamo.reset()
+    torch.compile(f, fullgraph=True)(compiled_w, ids).backward()
+    torch.testing.assert_close(dense(compiled_w.grad), dense(eager_w.grad))
