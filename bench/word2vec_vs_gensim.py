@@ -80,6 +80,7 @@ def run_gensim(corpus: Path, args) -> dict:
     from gensim.models import Word2Vec
 
     sentences = [line.split() for line in corpus.read_text(encoding="utf-8").splitlines()]
+    sentences = sentences[: args.max_lines]
     start = time.perf_counter()
     model = Word2Vec(sentences, vector_size=args.dim, window=args.window,
                      negative=args.negatives, sg=1, min_count=args.min_count, sample=args.sample,
@@ -124,16 +125,22 @@ def main(argv=None) -> dict:
     p.add_argument("--min-count", type=int, default=5)
     p.add_argument("--sample", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-lines", type=int, help="train on the corpus's first lines only (smoke)")
+    p.add_argument("--out", type=Path, default=OUT, help="corpus cache and sparsemb's outputs")
     p.add_argument("--json", type=Path, help="where to write the results")
     args = p.parse_args(argv)
     load_at_start = os.getloadavg()
     example = load_example()
-    corpus = build_corpus(example, OUT / "corpus-lee-enwiki.txt")
+    corpus = build_corpus(example, args.out / "corpus-lee-enwiki.txt")
+    if args.max_lines:
+        lines = corpus.read_text(encoding="utf-8").splitlines()[: args.max_lines]
+        corpus = args.out / f"corpus-lee-enwiki-{args.max_lines}.txt"
+        corpus.write_text("\n".join(lines), encoding="utf-8")
     runs = []
     if args.skip != "gensim":
         runs.append(run_gensim(corpus, args))
     if args.skip != "sparsemb":
-        runs.append(run_sparsemb(example, corpus, args, OUT / "sparsemb"))
+        runs.append(run_sparsemb(example, corpus, args, args.out / "sparsemb"))
     result = {
         "command": "python -m bench.word2vec_vs_gensim " + " ".join(argv or sys.argv[1:]),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -150,7 +157,7 @@ def main(argv=None) -> dict:
     for run in runs:
         print(f"{run['provider']:<14}{run['epochs']:>7}{run['train_seconds']:>9.1f}"
               f"{run['wordsim353_spearman']:>12.3f}{run['analogy_accuracy']:>11.3f}")
-    path = args.json or OUT / f"{datetime.now(timezone.utc):%Y-%m-%dT%H%M}.json"
+    path = args.json or args.out / f"{datetime.now(timezone.utc):%Y-%m-%dT%H%M}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1))
     print(f"written: {path}")
