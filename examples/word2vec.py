@@ -10,6 +10,7 @@ corpus is text every Python has: the docstrings and comments of the standard lib
     python examples/word2vec.py --baseline torch-dense   # nn.Embedding + Adam (dense gradients)
     python examples/word2vec.py --smoke              # tiny run for CI
     python examples/word2vec.py --optimizer adagrad --lr 0.2   # sparsemb.optim.SparseAdagrad
+    python examples/word2vec.py --epochs 5 --batch-size 4096 --fused-backward  # cheaper steps
 
 Writes to ``--out`` (default ``examples/out/``): ``loss_<provider>.png`` (the loss curve),
 ``vectors_<provider>.txt`` (word2vec text format, via ``sparsemb.vectors``) and
@@ -185,7 +186,9 @@ class SkipGram(nn.Module):
     def forward(self, center, context, negatives):
         v = self.inp(center)  # (B, D)
         u = self.out(torch.cat([context[:, None], negatives], dim=1))  # (B, 1 + K, D)
-        scores = (u * v.unsqueeze(1)).sum(-1)  # (B, 1 + K); faster than bmm's tiny GEMVs on CPU
+        # (B, 1 + K): vecdot is ~30% cheaper forward + backward than (u * v).sum(-1) on CPU, and
+        # 3x cheaper than bmm's tiny GEMVs
+        scores = torch.linalg.vecdot(u, v.unsqueeze(1))
         return -(F.logsigmoid(scores[:, 0]) + F.logsigmoid(-scores[:, 1:]).sum(1)).mean()
 
 
@@ -248,6 +251,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-files", type=int, help="read only this many stdlib files")
     p.add_argument("--baseline", choices=PROVIDERS[1:], help="train with torch instead")
     p.add_argument("--steps", type=int, default=6000)
+    p.add_argument("--epochs", type=int, help="train this many passes over the corpus "
+                   "(instead of --steps)")
+    p.add_argument("--fused-backward", action="store_true",
+                   help="sparsemb: run the optimizer update inside backward (no gradient "
+                   "tensor, no separate step): a cheaper step")
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--dim", type=int, default=100)
     p.add_argument("--window", type=int, default=5)
@@ -267,6 +275,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="a tiny run for CI: 40 stdlib files, 60 steps, small tables")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
+    if args.epochs is not None and args.epochs < 1:
+        p.error("--epochs must be >= 1")
+    if args.fused_backward and args.baseline:
+        p.error("--fused-backward is a sparsemb option; torch's optimizers have no such mode")
     if args.smoke:
         defaults = {"max_files": 40, "steps": 60, "batch_size": 256, "dim": 32, "window": 3,
                     "min_count": 2, "lr": 0.02}
@@ -303,24 +315,30 @@ def main(argv=None) -> dict:
           f"vocabulary {len(vocab.words)} (min count {args.min_count})")
 
     model, optimizer = build(provider, len(vocab.words), args.dim, args.lr, device, args.optimizer)
+    if args.fused_backward:
+        optimizer.enable_fused_backward()  # backward updates the rows; step() has nothing left
     print(f"{provider}: {type(model.inp).__module__}.{type(model.inp).__name__}"
           f"(sparse={model.inp.sparse}) x2, {type(optimizer).__module__}."
           f"{type(optimizer).__name__}(lr={args.lr}), device {device}")
 
     generator = torch.Generator(device=device).manual_seed(args.seed)
-    losses = torch.zeros(args.steps, device=device)
+    losses = []  # detached loss tensors: no host sync per step
     batch, negatives = args.batch_size, args.negatives
     centers = contexts = None
-    cursor, epochs = 0, 0
-    warmup = min(20, args.steps // 10)
-    bar = tqdm(total=args.steps, desc=f"training ({provider})", disable=args.no_progress)
+    cursor, epochs, step = 0, 0, 0
+    warmup = 20 if args.epochs else min(20, args.steps // 10)
+    bar = tqdm(total=None if args.epochs else args.steps, desc=f"training ({provider})",
+               disable=args.no_progress)
+    wall_start = time.perf_counter()
     start, cpu_start, data_time, data_cpu = time.perf_counter(), time.process_time(), 0.0, 0.0
-    for step in range(args.steps):
+    while args.epochs is not None or step < args.steps:
         if step == warmup:  # time from here: the first steps pay one-time setup costs
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start, cpu_start, data_time, data_cpu = time.perf_counter(), time.process_time(), 0, 0
         if centers is None or cursor + batch > centers.numel():  # a new epoch, not timed
+            if args.epochs is not None and epochs == args.epochs:
+                break
             tick, cpu_tick = time.perf_counter(), time.process_time()
             c, x = skipgram_pairs(ids, doc_ids, keep, args.window, rng)
             if c.size < batch:
@@ -337,20 +355,23 @@ def main(argv=None) -> dict:
         optimizer.zero_grad(set_to_none=True)
         loss = model(center, context, noise)
         loss.backward()
-        optimizer.step()
-        losses[step] = loss.detach()
+        if not args.fused_backward:
+            optimizer.step()
+        losses.append(loss.detach())
         bar.update()
-        if step % 200 == 0 or step == args.steps - 1:
+        if step % 200 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}", epoch=epochs)
+        step += 1
     if device.type == "cuda":
         torch.cuda.synchronize()
+    wall = time.perf_counter() - wall_start  # the whole loop: pairs, warm-up and steps
     elapsed = time.perf_counter() - start - data_time
     cpu_elapsed = time.process_time() - cpu_start - data_cpu
     bar.close()
-    timed = args.steps - warmup
+    timed = step - warmup if step > warmup else step  # a run shorter than the warm-up: all
     steps_per_s = timed / elapsed if elapsed > 0 else float("nan")
     steps_per_cpu_s = timed / cpu_elapsed if cpu_elapsed > 0 else float("nan")
-    losses = losses.cpu().tolist()
+    losses = torch.stack(losses).cpu().tolist()
 
     neighbours = nearest(model.inp.weight, vocab, args.probe)
     print("\nnearest neighbours (cosine, input vectors):")
@@ -367,12 +388,13 @@ def main(argv=None) -> dict:
     quarter = max(1, len(losses) // 4)
     first, last = float(np.mean(losses[:quarter])), float(np.mean(losses[-quarter:]))
     summary = {
-        "provider": provider, "device": str(device), "steps": args.steps,
+        "provider": provider, "device": str(device), "steps": step,
         "batch_size": batch, "dim": args.dim, "negatives": negatives, "epochs": epochs,
         "vocab_size": len(vocab.words), "tokens": int(ids.size),
         "steps_per_s": steps_per_s, "pairs_per_s": steps_per_s * batch,
         "steps_per_cpu_s": steps_per_cpu_s, "threads": torch.get_num_threads(),
-        "timed_steps": timed, "loss_first_quarter": first, "loss_last_quarter": last,
+        "timed_steps": timed, "train_seconds": wall, "fused_backward": args.fused_backward,
+        "loss_first_quarter": first, "loss_last_quarter": last,
         "neighbours": neighbours, "vectors": str(vectors_path),
         "loss_plot": str(plot_path) if plotted else None,
     }

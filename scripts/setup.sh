@@ -28,6 +28,12 @@ if ! "$venv_python" -c "import torch" 2>/dev/null; then
   fi
 fi
 "$venv_python" -m pip install -q -e ".[test,bench]"
+# CI (CI=true) also installs the optional integrations' extras, best effort, so their tests
+# (tests/test_transformers.py, tests/test_vectors_gensim.py) run there; elsewhere they skip.
+if [ "${CI:-}" = "true" ]; then
+  "$venv_python" -m pip install -q -e ".[hf,gensim]" \
+    || echo "setup: the hf/gensim extras did not install; their tests will skip"
+fi
 
 # --bench: also the FBGEMM peer of the benchmarks, where a CPU wheel matches this torch
 # (each fbgemm-gpu-cpu release is built against one torch: 1.8.0 <-> torch 2.13).

@@ -11,6 +11,7 @@ from sparsemb import (
     optim,
 )
 from sparsemb.bag import EmbeddingBag
+from sparsemb.convert import convert
 from sparsemb.functional import embedding
 from sparsemb.functional_bag import embedding_bag
 from sparsemb.nn import Embedding
@@ -19,6 +20,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Embedding",
     "EmbeddingBag",
+    "convert",
     "embedding",
     "embedding_bag",
     "optim",

@@ -106,21 +106,14 @@ def lookup(
         return _EagerLookup.apply(*args)
     if not (torch.is_grad_enabled() and weight.requires_grad):
         return _ops.ops().gather(weight, indices, check_bounds)
+    if sparse and weight.is_leaf:
+        return _CompiledSparseLookup.apply(*args)
     if sparse:
-        return _sparse_lookup_outside_graph(*args)
+        # A computed (non-leaf) weight: its gradient must flow back through the graph that
+        # computed it, which a sparse tensor cannot enter; it gets the dense gradient (the same
+        # size as the weight, which is materialized already), with no graph break.
+        return _Lookup.apply(weight, indices, padding_idx, scale_grad_by_freq, False, check_bounds)
     return _Lookup.apply(*args)
-
-
-@torch._disable_dynamo  # torch.compiler.disable, without importing torch._dynamo at import time
-def _sparse_lookup_outside_graph(*args) -> Tensor:
-    """Under torch.compile, a lookup that needs a sparse gradient runs eagerly (a graph break).
-
-    AOTAutograd cannot trace a sparse COO gradient: traced, ``weight.grad`` comes back dense, a
-    full (num_embeddings, embedding_dim) tensor every step. Running this one op outside the graph
-    keeps the gradient sparse; the dense path and no-grad lookups compile with no break.
-    """
-    keep_grad_coalesced(args[0])
-    return _EagerLookup.apply(*args)
 
 
 # ----- the lookup
@@ -245,3 +238,87 @@ class _EagerDenseGrad(torch.autograd.Function):
 
     backward = staticmethod(_dense_grad_backward)
     jvp = staticmethod(_dense_grad_jvp)
+
+
+# ----- sparse gradients under torch.compile: delivered by an opaque op, not returned
+#
+# AOTAutograd cannot produce a sparse COO gradient: traced, ``weight.grad`` would come back as a
+# dense (num_embeddings, embedding_dim) tensor every step. So under compile the lookup's backward
+# returns no gradient for the weight; it calls ``sparsemb::sparse_grad_sink`` instead, an opaque
+# op that dedups the gradient at run time and hands it to the fused optimizer update or
+# accumulates it into ``weight.grad`` as a coalesced sparse tensor. The op is registered as
+# effectful (ordered), so the compiler keeps it although it returns nothing; no data-dependent
+# shape enters the graph, and the model compiles with no graph break (``fullgraph=True`` works).
+# The weight arrives at run time as the Parameter itself (saved inputs keep their identity), so
+# one compiled graph serves every model instance. What differs from eager: AccumulateGrad hooks
+# of the weight (``register_post_accumulate_grad_hook``, DDP's reducer) do not see this gradient,
+# and ``torch.autograd.grad(..., weight)`` gets none.
+
+
+def _deliver_sparse_grad(
+    weight: Tensor, grad: Tensor, indices: Tensor, padding_idx: int, scale_grad_by_freq: bool
+) -> None:
+    """Dedup a compiled lookup's gradient and hand it to the fused update or ``weight.grad``."""
+    num_weights = weight.shape[0]
+    unique, values = _ops.EAGER.dedup_grad(
+        grad, indices, num_weights, padding_idx, scale_grad_by_freq
+    )
+    with torch.no_grad():
+        update = fused_update_of(weight)
+        if update is not None:
+            update(unique, values)
+            return
+        sparse = sparse_grad_tensor(unique, values.to(weight.dtype), num_weights)
+        if weight.grad is None:
+            weight.grad = sparse
+        elif weight.grad.is_sparse:
+            weight.grad = weight.grad + sparse  # as AccumulateGrad: uncoalesced sum
+        else:
+            weight.grad.add_(sparse)  # a dense gradient already there (a tied output layer)
+
+
+sparse_grad_sink = torch.library.custom_op(
+    "sparsemb::sparse_grad_sink", _deliver_sparse_grad, mutates_args=()
+)
+
+
+@sparse_grad_sink.register_fake
+def _(weight, grad, indices, padding_idx, scale_grad_by_freq):
+    return None
+
+
+def _register_ordered_effect(op) -> None:
+    """Mark ``op`` as side-effecting, so compiled graphs keep it (a private torch API: its
+    public home moved to torch.library in 2.13; earlier releases keep it in effects)."""
+    if hasattr(torch.library, "_register_effectful_op"):
+        torch.library._register_effectful_op(op, torch.library.EffectType.ORDERED)
+    else:
+        from torch._higher_order_ops import effects
+
+        effects._register_effectful_op(op, effects._EffectType.ORDERED)
+
+
+_register_ordered_effect(sparse_grad_sink._opoverload)
+
+
+class _CompiledSparseLookup(torch.autograd.Function):
+    """A sparse-gradient lookup for compiled code: its backward delivers the gradient through
+    ``sparse_grad_sink`` and returns none for the weight."""
+
+    @staticmethod
+    def forward(weight, indices, padding_idx, scale_grad_by_freq, sparse, check_bounds):
+        return _ops.ops().gather(weight, indices, check_bounds)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        weight, indices, padding_idx, scale_grad_by_freq = inputs[:4]
+        ctx.save_for_backward(weight, indices)
+        ctx.padding_idx = padding_idx
+        ctx.scale_grad_by_freq = scale_grad_by_freq
+
+    @staticmethod
+    def backward(ctx, grad):
+        weight, indices = ctx.saved_tensors
+        if ctx.needs_input_grad[0]:
+            sparse_grad_sink(weight, grad, indices, ctx.padding_idx, ctx.scale_grad_by_freq)
+        return None, None, None, None, None, None

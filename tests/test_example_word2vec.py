@@ -77,3 +77,23 @@ def test_smoke_on_a_given_corpus(example, tmp_path, baseline, optimizer, lr, one
     summary = example.main(argv + (["--baseline", baseline] if baseline else []))
     check_run(summary, out, baseline or "sparsemb")
     assert set(summary["neighbours"]) == {"cat", "file"}
+
+
+def test_epochs_and_fused_backward(example, tmp_path, one_thread):
+    """--epochs runs whole passes (the step count follows from the corpus); --fused-backward
+    updates inside backward and reaches the same loss as the separate step."""
+    corpus = str(tiny_corpus(tmp_path / "corpus.txt"))
+    runs = {}
+    for fused in (False, True):
+        out = tmp_path / f"out{fused}"
+        argv = ["--smoke", "--corpus", corpus, "--out", str(out), "--epochs", "2",
+                "--probe", "cat", *one_thread]
+        runs[fused] = example.main(argv + (["--fused-backward"] if fused else []))
+        check_run(runs[fused], out, "sparsemb")
+    assert runs[True]["epochs"] == runs[False]["epochs"] == 2
+    assert runs[True]["steps"] == runs[False]["steps"] > 0
+    assert runs[True]["fused_backward"] and not runs[False]["fused_backward"]
+    # same data and rule: the fused update equals backward + step (up to summation order)
+    assert runs[True]["losses"] == pytest.approx(runs[False]["losses"], rel=1e-4, abs=1e-5)
+    with pytest.raises(SystemExit):
+        example.main(["--epochs", "0", *one_thread])

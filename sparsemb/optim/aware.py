@@ -3,6 +3,7 @@ other parameter on a torch optimizer, driven by torch's lr schedulers as one opt
 
 from __future__ import annotations
 
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from sparsemb import _ties
 from sparsemb._checks import check_non_negative
 from sparsemb.optim.base import SparseOptimizer
 from sparsemb.optim.rules import SPARSE_RULES
@@ -46,6 +48,11 @@ class SparseAware(torch.optim.Optimizer):
     ``dense_options`` are extra keyword arguments (they override ``lr``).
     ``fused_backward``: the sparsemb tables are updated inside backward (see
     ``SparseOptimizer.enable_fused_backward``); ``step()`` then updates the rest.
+    ``tied``: a ``sparse=True`` table whose weight another module also uses (an output layer
+    tied to the input embedding) gets a dense gradient from that module. ``"dense"`` (default)
+    sets the table to ``sparse=False`` and gives its weight the dense optimizer, with a warning;
+    ``"raise"`` raises ValueError naming the tie. A table whose storage a distinct Parameter
+    shares (two optimizer states over one memory) always raises.
 
     ``param_groups`` lists the sparse groups then the dense groups: views of the dicts the two
     optimizers use, so lr schedulers and GradScaler act on both. Each view reads and writes the
@@ -65,19 +72,22 @@ class SparseAware(torch.optim.Optimizer):
         sparse_options: dict[str, Any] | None = None,
         dense_options: dict[str, Any] | None = None,
         fused_backward: bool = False,
+        tied: str = "dense",
     ) -> None:
         sparse_cls = self._resolve_rule(sparse)
+        if tied not in ("dense", "raise"):
+            raise ValueError(f"tied must be 'dense' or 'raise', got {tied!r}")
         if not callable(dense):
             raise TypeError(f"dense must be an optimizer class, got {dense!r}")
         if lr is not None:
             check_non_negative("lr", lr)
-        sparse_groups, dense_groups, names, fusable = _split(model_or_params)
-        if not sparse_groups and not dense_groups:
-            raise ValueError("SparseAware got no trainable parameters")
         if fused_backward and not issubclass(sparse_cls, SparseOptimizer):
             raise ValueError(
                 f"fused_backward needs a sparsemb rule ({sorted(SPARSE_RULES)}), got {sparse_cls}"
             )
+        sparse_groups, dense_groups, names, fusable, untie = _split(model_or_params, tied)
+        if not sparse_groups and not dense_groups:
+            raise ValueError("SparseAware got no trainable parameters")
         base = {} if lr is None else {"lr": lr}
         self._sparse_kwargs = {**base, **(sparse_options or {})}
         self._dense_kwargs = {**base, **(dense_options or {})}
@@ -95,6 +105,7 @@ class SparseAware(torch.optim.Optimizer):
             self.sparse_optimizer.enable_fused_backward(fusable)
         self._names = names
         self._base_defaults = dict(base)
+        _untie(untie)  # both optimizers built: only now change the tied tables
         # what torch.optim.Optimizer.__init__ sets up for hooks and profiling (not called: the
         # groups and the state live in the two inner optimizers)
         self._optimizer_step_pre_hooks = OrderedDict()
@@ -312,15 +323,77 @@ class _GroupView(MutableMapping):
         return repr(self.group)
 
 
+def _find_ties(model: nn.Module, tied: str) -> list[tuple[nn.Module, str, list[str]]]:
+    """Check the sparse tables' weights for ties and shared storage (see ``sparsemb._ties``):
+    the tables tied to a non-table module, as (module, weight name, other owners); with
+    tied="raise" such a tie is an error, and shared storage always is."""
+    uses = _ties.parameter_uses(model)
+    untie = []
+    for name, module in model.named_modules():
+        if not _is_sparse_table(module):
+            continue
+        entry = uses[id(module.weight)]
+        label = f"{name}.weight" if name else "weight"
+        if entry.sharing:
+            raise ValueError(_ties.describe_sharing(label, entry))
+        outside = entry.tied_outside_tables
+        if not outside:
+            continue
+        if tied == "raise":
+            raise ValueError(
+                f"the sparse table {label!r} is tied to {outside}: those modules add a dense "
+                "gradient, so a sparse rule cannot update it. Pass tied='dense' (the table gets "
+                "sparse=False and the dense optimizer), untie the weights, or build the table "
+                "with sparse=False"
+            )
+        untie.append((module, label, outside))
+    return untie
+
+
+def _untie(untie: list[tuple[nn.Module, str, list[str]]]) -> None:
+    """Give each tied table a dense gradient, with a warning naming the tie."""
+    for module, label, outside in untie:
+        module.sparse = False
+        warnings.warn(
+            f"SparseAware: the sparse table {label!r} is tied to {outside}, which add a dense "
+            "gradient; the table now has sparse=False and its weight the dense optimizer "
+            "(tied='raise' makes this an error)",
+            stacklevel=4,
+        )
+
+
+def _check_no_shared_storage(sparse_groups, dense_groups, names) -> None:
+    """Sparse-side parameters must not share storage with any other parameter given."""
+    seen: dict[tuple[str, int], Tensor] = {}
+    sparse_ids = {id(p) for g in sparse_groups for p in g["params"]}
+    for p in (p for g in [*sparse_groups, *dense_groups] for p in g["params"]):
+        key = _ties._storage_key(p)
+        if key is None:
+            continue
+        other = seen.setdefault(key, p)
+        if other is not p and (id(p) in sparse_ids or id(other) in sparse_ids):
+            first, second = names.get(id(other), "a parameter"), names.get(id(p), "another")
+            raise ValueError(
+                f"{first!r} and {second!r} are distinct Parameters over the same storage: an "
+                "optimizer would keep two states and update that memory twice per step; tie "
+                "them with the very same Parameter, or use sparsemb.convert(model)"
+            )
+
+
 def _split(
-    model_or_params: nn.Module | Iterable[Any],
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[int, str], list[Tensor]]:
-    """(sparse groups, dense groups, {id(param): name}, weights that can take fused backward)."""
+    model_or_params: nn.Module | Iterable[Any], tied: str = "dense"
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[int, str], list[Tensor], list]:
+    """(sparse groups, dense groups, {id(param): name}, weights that can take fused backward,
+    tied tables to make dense once the optimizers are built)."""
     if isinstance(model_or_params, Tensor):
         raise TypeError("model_or_params must be a module or an iterable of parameters, "
                         "not a single tensor")
     if isinstance(model_or_params, nn.Module):
-        tables = [m for m in model_or_params.modules() if _is_sparse_table(m)]
+        untie = _find_ties(model_or_params, tied)
+        tied_ids = {id(m) for m, _, _ in untie}
+        tables = [
+            m for m in model_or_params.modules() if _is_sparse_table(m) and id(m) not in tied_ids
+        ]
         sparse_ids = {id(m.weight) for m in tables}
         fusable = [m.weight for m in tables if _is_sparsemb_lookup(m)]
         sparse, dense, names = [], [], {}
@@ -334,6 +407,7 @@ def _split(
             [{"params": dense}] if dense else [],
             names,
             fusable,
+            untie,
         )
     sparse_groups, dense_groups, names, loose = [], [], {}, []
     for item in model_or_params:
@@ -357,5 +431,6 @@ def _split(
             loose.append(item)
     if loose:
         dense_groups.insert(0, {"params": loose})
+    _check_no_shared_storage(sparse_groups, dense_groups, names)
     fusable = [p for g in sparse_groups for p in g["params"]]
-    return sparse_groups, dense_groups, names, fusable
+    return sparse_groups, dense_groups, names, fusable, []

@@ -164,9 +164,11 @@ class SparseOptimizer(torch.optim.Optimizer):
         if grad.layout != torch.sparse_coo:
             raise ValueError(
                 f"{type(self).__name__} got a dense gradient for {self._describe(group, index, p)}"
-                f"; it updates tables with sparse gradients only: build the table with "
-                "sparse=True (sparsemb.Embedding(..., sparse=True)) or give this parameter to a "
-                "dense optimizer (sparsemb.optim.SparseAware routes each parameter for you)"
+                "; it updates tables with sparse gradients only. Either the table was built with "
+                "sparse=False (use sparse=True, or sparsemb.convert(model, sparse=True)), or its "
+                "weight is also used outside its lookups (tied to an output layer, or read by "
+                "F.linear / a matmul), which adds a dense gradient: give this weight to a dense "
+                "optimizer (SparseAware(model) does so for ties between modules, with a warning)"
             )
         if tuple(grad.shape) != tuple(p.shape) or grad.sparse_dim() != 1:
             raise ValueError(
