@@ -255,22 +255,27 @@ def test_unknown_subclasses_and_skip_are_left_alone():
     assert "replaced a" in str(report)
 
 
-def test_embedding_bag_is_converted_only_where_sparsemb_has_one():
+def test_embedding_bag_is_converted():
     model = nn.ModuleDict({"bag": nn.EmbeddingBag(10, 4, mode="sum", padding_idx=1)})
     weight = model["bag"].weight
     report = sparsemb.convert(model, sparse=True)
-    bag_cls = getattr(sparsemb, "EmbeddingBag", None)
-    if bag_cls is None:
-        assert report.skipped == {"bag": "this sparsemb has no EmbeddingBag"}
-        assert type(model["bag"]) is nn.EmbeddingBag and not model["bag"].sparse
-        return
     ref = nn.EmbeddingBag(10, 4, mode="sum", padding_idx=1)
     with torch.no_grad():
         ref.weight.copy_(weight)
-    assert report.replaced == ["bag"] and type(model["bag"]) is bag_cls
+    assert report.replaced == ["bag"] and type(model["bag"]) is sparsemb.EmbeddingBag
     assert model["bag"].weight is weight and model["bag"].sparse and model["bag"].padding_idx == 1
     idx, offsets = torch.tensor([1, 2, 3, 3, 9]), torch.tensor([0, 2])
     torch.testing.assert_close(model["bag"](idx, offsets), ref(idx, offsets))
+
+
+def test_converted_bag_takes_fused_backward_through_sparse_aware():
+    model = nn.Sequential(nn.EmbeddingBag(50, 4, mode="sum", sparse=True), nn.Linear(4, 1))
+    sparsemb.convert(model)
+    sparsemb.optim.SparseAware(model, sparse="adam", fused_backward=True, lr=0.1)
+    before = model[0].weight.detach().clone()
+    model(torch.tensor([[1, 2], [3, 3]])).sum().backward()
+    changed = (model[0].weight != before).any(dim=1).nonzero().flatten().tolist()
+    assert changed == [1, 2, 3] and model[0].weight.grad is None  # updated inside backward
 
 
 @pytest.mark.parametrize(

@@ -28,11 +28,15 @@ def _is_sparse_table(module: nn.Module) -> bool:
 
 def _is_sparsemb_lookup(module: nn.Module) -> bool:
     """A module whose weight is read through sparsemb's lookup, so its backward honours the
-    fused-update hook: ``sparsemb.Embedding``, or one that says so (``sparsemb_lookup = True``,
-    e.g. ``sparsemb.distributed.ShardedEmbedding``, whose weight is a local shard)."""
+    fused-update hook: ``sparsemb.Embedding``, ``sparsemb.EmbeddingBag``, or one that says so
+    (``sparsemb_lookup = True``, e.g. ``sparsemb.distributed.ShardedEmbedding``, whose weight is a
+    local shard)."""
+    from sparsemb.bag import EmbeddingBag
     from sparsemb.nn import Embedding
 
-    return isinstance(module, Embedding) or bool(getattr(type(module), "sparsemb_lookup", False))
+    return isinstance(module, (Embedding, EmbeddingBag)) or bool(
+        getattr(type(module), "sparsemb_lookup", False)
+    )
 
 
 class SparseAware(torch.optim.Optimizer):
