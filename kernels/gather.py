@@ -21,7 +21,7 @@ MAX_ROWS = 64
 
 
 def launch_shape(dim: int):
-    """(BLOCK_D, ROWS) of the gather and the renorm."""
+    """(BLOCK_D, ROWS, num_warps) of the gather and the renorm."""
     return tile_for(dim, max_block_d=MAX_BLOCK_D, elements=TILE_ELEMENTS, max_rows=MAX_ROWS)
 
 
@@ -75,12 +75,12 @@ def gather(weight: torch.Tensor, indices: torch.Tensor, check_bounds: bool):
     bad = torch.zeros(1, dtype=torch.int32, device=weight.device) if check_bounds else None
     if n == 0:
         return out, bad
-    block_d, rows = launch_shape(dim)
+    block_d, rows, num_warps = launch_shape(dim)
     grid = (triton.cdiv(n, rows),)
     _gather_kernel[grid](
         weight, indices, out, bad if bad is not None else out, n, num_rows, dim,
         weight.stride(0), weight.stride(1), indices.stride(0),
-        CHECK=check_bounds, ROWS=rows, BLOCK_D=block_d,
+        CHECK=check_bounds, ROWS=rows, BLOCK_D=block_d, num_warps=num_warps,
     )  # fmt: skip
     return out, bad
 

@@ -151,19 +151,21 @@ def _reduce(grad, indices, num_weights, padding_idx, scale_grad_by_freq, dense: 
         out = torch.empty(seg.numel(), dim, dtype=grad.dtype, device=grad.device)
     if seg.numel() == 0 or dim == 0:
         return out if dense else (unique_kept, out)
-    block_d, segs_per_program = tile_for(dim, max_block_d=MAX_BLOCK_D, elements=TILE_ELEMENTS)
+    block_d, segs_per_program, num_warps = tile_for(
+        dim, max_block_d=MAX_BLOCK_D, elements=TILE_ELEMENTS
+    )
     chunks_per_program = max(1, segs_per_program // CHUNK)
     d_blocks = triton.cdiv(dim, block_d)
     n_chunks, n_kept = chunk_start.numel(), seg.numel()
     partial = torch.empty(n_chunks, dim, dtype=torch.float32, device=grad.device)
     _chunk_sum_kernel[(triton.cdiv(n_chunks, chunks_per_program), d_blocks)](
         grad, perm, chunk_start, chunk_end, partial, n_chunks, dim, grad.stride(0),
-        CHUNKS=chunks_per_program, CHUNK=CHUNK, BLOCK_D=block_d,
+        CHUNKS=chunks_per_program, CHUNK=CHUNK, BLOCK_D=block_d, num_warps=num_warps,
     )  # fmt: skip
     _segment_sum_kernel[(triton.cdiv(n_kept, segs_per_program), d_blocks)](
         partial, seg, chunk_offsets, offsets, unique, out, n_kept, out.shape[0], dim,
         SEGS=segs_per_program,
-        SCALE_BY_FREQ=scale_grad_by_freq, DENSE=dense, BLOCK_D=block_d,
+        SCALE_BY_FREQ=scale_grad_by_freq, DENSE=dense, BLOCK_D=block_d, num_warps=num_warps,
     )  # fmt: skip
     return out if dense else (unique_kept, out)
 
@@ -177,3 +179,18 @@ def dedup_grad(grad, indices, num_weights: int, padding_idx: int, scale_grad_by_
 def dense_grad(grad, indices, num_weights: int, padding_idx: int, scale_grad_by_freq: bool):
     """The (num_weights, D) gradient: the same reduction written into a zeroed buffer."""
     return _reduce(grad, indices, num_weights, padding_idx, scale_grad_by_freq, dense=True)
+
+
+def compile_cases(dim: int, ptr: str) -> list[dict]:
+    """The specialisations ``scripts/sm90_compile.py`` compiles for gradients of type ``ptr``."""
+    block_d, segs, num_warps = tile_for(dim, max_block_d=MAX_BLOCK_D, elements=TILE_ELEMENTS)
+    chunk = dict(kernel="_chunk_sum_kernel", num_warps=num_warps,
+                 pointers={"grad_ptr": ptr, "perm_ptr": "*i64", "chunk_start_ptr": "*i64",
+                           "chunk_end_ptr": "*i64", "partial_ptr": "*fp32"},
+                 constexprs={"CHUNKS": max(1, segs // CHUNK), "CHUNK": CHUNK, "BLOCK_D": block_d})
+    seg = dict(kernel="_segment_sum_kernel", num_warps=num_warps,
+               pointers={"partial_ptr": "*fp32", "seg_ptr": "*i64", "chunk_offsets_ptr": "*i64",
+                         "offsets_ptr": "*i64", "unique_ptr": "*i64", "out_ptr": ptr},
+               constexprs={"SEGS": segs, "SCALE_BY_FREQ": True, "DENSE": False,
+                           "BLOCK_D": block_d})
+    return [{"label": "chunk_sum", "spec": chunk}, {"label": "segment_sum", "spec": seg}]

@@ -243,6 +243,11 @@ def _adam_kernel(
         _store_rounded(w_ptrs, w, mask, seed, rows[:, None] * dim + cols[None, :], STOCHASTIC)
 
 
+def launch_shape(dim: int):
+    """(BLOCK_D, BLOCK_R, num_warps) of every optimizer kernel for embedding dim ``dim``."""
+    return tile_for(dim, max_block_d=MAX_BLOCK_D, elements=BLOCK_ELEMENTS, max_rows=MAX_BLOCK_R)
+
+
 def _launch(kernel, weight: Tensor, rows: Tensor, values: Tensor, states: tuple[Tensor, ...],
             scalars: tuple, sr_seed: int | None, **flags) -> None:
     """The one launcher: grid and tile from the dim, the strides of the gradient, the weight and
@@ -250,16 +255,14 @@ def _launch(kernel, weight: Tensor, rows: Tensor, values: Tensor, states: tuple[
     counters of what the kernel wrote."""
     if rows.numel() == 0 or weight.shape[1] == 0:
         return
-    block_d, block_r = tile_for(
-        weight.shape[1], max_block_d=MAX_BLOCK_D, elements=BLOCK_ELEMENTS, max_rows=MAX_BLOCK_R
-    )
+    block_d, block_r, num_warps = launch_shape(weight.shape[1])
     stochastic = sr_seed is not None and weight.dtype in (torch.bfloat16, torch.float16)
     state_strides = [stride for state in states for stride in state.stride()]
     kernel[(triton.cdiv(rows.numel(), block_r),)](
         rows, values, weight, *states, rows.numel(), weight.shape[0], weight.shape[1],
         *values.stride(), *weight.stride(), *state_strides,
         *scalars, int(sr_seed) if stochastic else 0,
-        STOCHASTIC=stochastic, BLOCK_R=block_r, BLOCK_D=block_d, **flags,
+        STOCHASTIC=stochastic, BLOCK_R=block_r, BLOCK_D=block_d, num_warps=num_warps, **flags,
     )
     for written in (weight, *states):  # a Triton store bypasses autograd's version counter
         torch.autograd.graph.increment_version(written)
@@ -288,7 +291,7 @@ def rowwise_adagrad_update_(
     eps: float, weight_decay: float, sr_seed: int | None,
 ) -> None:
     """Fused ``sparsemb.torch_backend.optim.rowwise_adagrad_update_``."""
-    block_d = tile_for(weight.shape[1], max_block_d=MAX_BLOCK_D, elements=BLOCK_ELEMENTS).block_d
+    block_d = launch_shape(weight.shape[1]).block_d
     _launch(_rowwise_adagrad_kernel, weight, rows, values, (state_sum,),
             (neg_lr, eps, weight_decay), sr_seed,
             HAS_WD=weight_decay != 0, ONE_CHUNK=weight.shape[1] <= block_d)
@@ -303,3 +306,33 @@ def adam_update_(
     _launch(_adam_kernel, weight, rows, values, (exp_avg, exp_avg_sq),
             (one_minus_beta1, one_minus_beta2, eps, neg_step_size, decay), sr_seed,
             HAS_DECAY=decay != 1)
+
+
+_UNIT_STRIDES = ("grad_col_stride", "weight_col_stride", "sum_col_stride", "m_col_stride",
+                 "v_col_stride", "sum_stride")  # 1 on contiguous tensors (specialized)
+_RULES = {  # kernel: (state pointers, float scalars, flag constexprs)
+    "_sgd_kernel": ((), ("neg_lr", "weight_decay"), {"HAS_WD": True}),
+    "_adagrad_kernel": (("sum_ptr",), ("neg_clr", "eps", "weight_decay"), {"HAS_WD": True}),
+    "_rowwise_adagrad_kernel": (("sum_ptr",), ("neg_lr", "eps", "weight_decay"),
+                                {"HAS_WD": True}),
+    "_adam_kernel": (("exp_avg_ptr", "exp_avg_sq_ptr"),
+                     ("one_minus_beta1", "one_minus_beta2", "eps", "neg_step_size", "decay"),
+                     {"HAS_DECAY": True}),
+}
+
+
+def compile_cases(dim: int, ptr: str) -> list[dict]:
+    """The specialisations ``scripts/sm90_compile.py`` compiles for a table of element type
+    ``ptr`` ("*fp32", "*bf16", ...): every rule, stochastic rounding on for 16-bit tables."""
+    block_d, block_r, num_warps = launch_shape(dim)
+    out = []
+    for kernel, (states, floats, flags) in _RULES.items():
+        constexprs = dict(flags, STOCHASTIC=ptr != "*fp32", BLOCK_R=block_r, BLOCK_D=block_d)
+        if kernel == "_rowwise_adagrad_kernel":
+            constexprs["ONE_CHUNK"] = dim <= block_d
+        pointers = {"rows_ptr": "*i64", "grad_ptr": ptr, "weight_ptr": ptr}
+        pointers.update({name: "*fp32" for name in states})
+        spec = dict(kernel=kernel, pointers=pointers, constexprs=constexprs, num_warps=num_warps,
+                    floats=floats, ones=_UNIT_STRIDES)
+        out.append({"label": kernel.strip("_").removesuffix("_kernel"), "spec": spec})
+    return out

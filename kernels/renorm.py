@@ -103,10 +103,10 @@ def renorm_rows_(
     n, dim = unique_rows.shape[0], weight.shape[1]
     if n == 0 or dim == 0:
         return
-    block_d, rows = launch_shape(dim)
+    block_d, rows, num_warps = launch_shape(dim)
     grid = (triton.cdiv(n, rows),)
     _renorm_kernel[grid](
         weight, unique_rows, n, weight.shape[0], dim, weight.stride(0), weight.stride(1),
         float(max_norm), float(norm_type), float(eps),
-        NORM=norm_kind(norm_type), ROWS=rows, BLOCK_D=block_d,
+        NORM=norm_kind(norm_type), ROWS=rows, BLOCK_D=block_d, num_warps=num_warps,
     )  # fmt: skip
