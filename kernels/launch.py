@@ -24,14 +24,18 @@ class Tile(NamedTuple):
     num_warps: int  # warps per program, sized to the tile
 
 
-def warps_for(elements: int) -> int:
-    """Warps for a tile of ``elements`` values: ELEMENTS_PER_THREAD per thread, 1 to 8 warps."""
-    return max(1, min(MAX_WARPS, triton.next_power_of_2(elements) // (32 * ELEMENTS_PER_THREAD)))
+def warps_for(elements: int, per_thread: int = ELEMENTS_PER_THREAD) -> int:
+    """Warps for a tile of ``elements`` values, ``per_thread`` per thread, 1 to 8 warps."""
+    return max(1, min(MAX_WARPS, triton.next_power_of_2(elements) // (32 * per_thread)))
 
 
-def tile_for(dim: int, *, max_block_d: int, elements: int, max_rows: int = 1 << 30) -> Tile:
+def tile_for(
+    dim: int, *, max_block_d: int, elements: int, max_rows: int = 1 << 30,
+    per_thread: int = ELEMENTS_PER_THREAD,
+) -> Tile:
     """A power-of-two column slice of ``dim`` (at most ``max_block_d``), the rows that fill
-    about ``elements`` elements per program (between 1 and ``max_rows``), and the warps."""
+    about ``elements`` elements per program (between 1 and ``max_rows``), and the warps that
+    give each thread about ``per_thread`` elements (fewer for kernels with more streams)."""
     block_d = min(triton.next_power_of_2(max(dim, 1)), max_block_d)
     rows = max(1, min(max_rows, elements // block_d))
-    return Tile(block_d, rows, warps_for(block_d * rows))
+    return Tile(block_d, rows, warps_for(block_d * rows, per_thread))

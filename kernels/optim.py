@@ -34,6 +34,9 @@ from sparsemb.kernels.rounding import round_nearest
 MAX_BLOCK_D = 2048  # the dim a program covers in one chunk; row-wise Adagrad reads g once up to it
 BLOCK_ELEMENTS = 2048  # elements per program: BLOCK_R = BLOCK_ELEMENTS // BLOCK_D rows
 MAX_BLOCK_R = 256
+# a thread holds up to five streams (weight, gradient, two moments, noise) per element: fewer
+# elements per thread than the gathers so Adam on a 16-bit table fits without spilling
+ELEMENTS_PER_THREAD = 8
 
 
 @triton.jit
@@ -245,7 +248,8 @@ def _adam_kernel(
 
 def launch_shape(dim: int):
     """(BLOCK_D, BLOCK_R, num_warps) of every optimizer kernel for embedding dim ``dim``."""
-    return tile_for(dim, max_block_d=MAX_BLOCK_D, elements=BLOCK_ELEMENTS, max_rows=MAX_BLOCK_R)
+    return tile_for(dim, max_block_d=MAX_BLOCK_D, elements=BLOCK_ELEMENTS, max_rows=MAX_BLOCK_R,
+                    per_thread=ELEMENTS_PER_THREAD)
 
 
 def _launch(kernel, weight: Tensor, rows: Tensor, values: Tensor, states: tuple[Tensor, ...],

@@ -145,12 +145,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--markdown", type=Path, help="write the table (with the command) here")
+    parser.add_argument("--only", default="", help="compile the cases whose label has this")
     parser.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1))
     args = parser.parse_args()
     if not has_nvidia_backend():
         print(json.dumps({"skipped": "triton has no NVIDIA backend with cuobjdump"}))
         return 0
-    todo = cases()
+    todo = [case for case in cases() if args.only in case["label"]]
     with ProcessPoolExecutor(args.jobs) as pool:
         results = list(pool.map(compile_case, todo))
     if args.json:
