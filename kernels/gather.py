@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from sparsemb.kernels.launch import tile_for
+from sparsemb.kernels.launch import on_device_of, tile_for
 
 MAX_BLOCK_D = 512  # widest slice of a row one program holds; wider rows loop over slices
 TILE_ELEMENTS = 4096  # rows x columns a program moves per step for small embedding_dim
@@ -25,7 +25,7 @@ def launch_shape(dim: int):
     return tile_for(dim, max_block_d=MAX_BLOCK_D, elements=TILE_ELEMENTS, max_rows=MAX_ROWS)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_indices"])  # changes every step: no recompiles
 def _gather_kernel(
     weight_ptr,  # (V, D) table, any float dtype, strides (stride_wv, stride_wd)
     indices_ptr,  # (N,) int32 or int64 rows to read, stride stride_i (0 for expanded input)
@@ -65,6 +65,7 @@ def _gather_kernel(
         )
 
 
+@on_device_of(0)
 def gather(weight: torch.Tensor, indices: torch.Tensor, check_bounds: bool):
     """Rows ``weight[indices]`` as (N, D), and the bounds flag (a (1,) int32 tensor) or None.
 

@@ -29,17 +29,17 @@ import torch
 import triton
 import triton.language as tl
 
-from sparsemb.kernels.launch import tile_for
+from sparsemb.kernels.launch import on_device_of, tile_for
 from sparsemb.kernels.rounding import round_nearest
 
 CHUNK = 16  # sorted positions per window
 MAX_BLOCK_D = 128  # columns per tail program; wider rows use more column blocks
-WINDOW_BLOCK_D = 16  # columns per window program: it holds a (CHUNK, CHUNK, BLOCK_D) tile
+WINDOW_BLOCK_D = 32  # columns per window program: it holds a (CHUNK, CHUNK, BLOCK_D) tile
 TILE_ELEMENTS = 4096  # elements of a tile of partials the tail kernel sums at once
 MAX_TILE = 64  # windows' partials the tail kernel sums at once
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n"])  # changes every step: no recompiles
 def _flags_kernel(
     sorted_ptr,  # (N,) int32/int64 sorted indices
     flags_ptr,  # (N,) int32 out: 1 where a kept segment starts
@@ -57,7 +57,7 @@ def _flags_kernel(
     tl.store(flags_ptr + pos, (start & kept).to(tl.int32), mask=live)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n"])  # changes every step: no recompiles
 def _window_kernel(
     grad_ptr,  # (N, D) output gradient, row stride stride_gn, unit column stride
     sorted_ptr,  # (N,) sorted indices
@@ -131,7 +131,7 @@ def _window_kernel(
             tl.store(rows_ptr + slot, key, mask=seg_start & kept)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n"])  # changes every step: no recompiles
 def _tail_kernel(
     sorted_ptr,  # (N,) sorted indices
     slot_ptr,  # (N,) int64 inclusive cumsum of the kept-start flags
@@ -195,6 +195,7 @@ def _tiles(dim: int):
     return window, tail
 
 
+@on_device_of(0)
 def _reduce(grad, indices, num_weights, padding_idx, scale_grad_by_freq, *, dense, padded=False):
     """The dense (num_weights, D) gradient, or (kept unique rows, values); with ``padded``,
     N slots whose unused rows hold ``num_weights``, with no host read at all."""

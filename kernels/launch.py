@@ -10,8 +10,11 @@ place.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from typing import NamedTuple
 
+import torch
 import triton
 
 ELEMENTS_PER_THREAD = 16  # tile elements one thread holds: value + int64 address each
@@ -39,3 +42,21 @@ def tile_for(
     block_d = min(triton.next_power_of_2(max(dim, 1)), max_block_d)
     rows = max(1, min(max_rows, elements // block_d))
     return Tile(block_d, rows, warps_for(block_d * rows, per_thread))
+
+
+
+def on_device_of(arg: int):
+    """Run the decorated launcher on the GPU of its ``arg``-th argument: a table on cuda:1 must
+    not launch on the current device (cuda:0). A no-op for CPU tensors (the interpreter)."""
+
+    def decorate(launcher):
+        @functools.wraps(launcher)
+        def run(*args, **kwargs):
+            tensor = args[arg]
+            guard = torch.cuda.device(tensor.device) if tensor.is_cuda else contextlib.nullcontext()
+            with guard:
+                return launcher(*args, **kwargs)
+
+        return run
+
+    return decorate

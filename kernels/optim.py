@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from sparsemb.kernels.launch import tile_for
+from sparsemb.kernels.launch import on_device_of, tile_for
 from sparsemb.kernels.rounding import round_nearest
 
 MAX_BLOCK_D = 2048  # the dim a program covers in one chunk; row-wise Adagrad reads g once up to it
@@ -104,7 +104,7 @@ def _grad_and_weight(
     return cols, mask, g, w_ptrs, w
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_rows", "seed"])  # changes every step: no recompiles
 def _sgd_kernel(
     rows_ptr,  # (U,) int64: unique rows to update
     grad_ptr,  # (U, D) float: summed gradient of each row
@@ -129,7 +129,7 @@ def _sgd_kernel(
         _store_rounded(w_ptrs, w, mask, seed, rows[:, None] * dim + cols[None, :], STOCHASTIC)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_rows", "seed"])  # changes every step: no recompiles
 def _adagrad_kernel(
     rows_ptr,  # (U,) int64: unique rows to update
     grad_ptr,  # (U, D) float: summed gradient of each row
@@ -159,7 +159,7 @@ def _adagrad_kernel(
         _store_rounded(w_ptrs, w, mask, seed, rows[:, None] * dim + cols[None, :], STOCHASTIC)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_rows", "seed"])  # changes every step: no recompiles
 def _rowwise_adagrad_kernel(
     rows_ptr,  # (U,) int64: unique rows to update
     grad_ptr,  # (U, D) float: summed gradient of each row
@@ -180,7 +180,9 @@ def _rowwise_adagrad_kernel(
             grad_ptr, weight_ptr, local, rows, row_mask, 0, dim,
             grad_row_stride, grad_col_stride, weight_row_stride, weight_col_stride,
             weight_decay, HAS_WD, BLOCK_D)
-        total = tl.load(sum_ptrs, mask=row_mask, other=0.0) + tl.sum(g * g, axis=1) / dim
+        squares = tl.sum(g * g, axis=1)
+        total = tl.load(sum_ptrs, mask=row_mask, other=0.0) + tl.div_rn(
+            squares, dim + tl.zeros_like(squares))
         tl.store(sum_ptrs, total, mask=row_mask)
         std = tl.sqrt_rn(total) + eps
         w = w + neg_lr * tl.div_rn(g, std[:, None])
@@ -195,7 +197,8 @@ def _rowwise_adagrad_kernel(
                 w_ptrs = _tile(weight_ptr, rows, cols, weight_row_stride, weight_col_stride)
                 g = g + weight_decay * _load_f32(w_ptrs, mask)
             squares += tl.sum(g * g, axis=1)
-        total = tl.load(sum_ptrs, mask=row_mask, other=0.0) + squares / dim
+        total = tl.load(sum_ptrs, mask=row_mask, other=0.0) + tl.div_rn(
+            squares, dim + tl.zeros_like(squares))
         tl.store(sum_ptrs, total, mask=row_mask)
         std = tl.sqrt_rn(total) + eps
         for start in range(0, dim, BLOCK_D):
@@ -207,7 +210,7 @@ def _rowwise_adagrad_kernel(
             _store_rounded(w_ptrs, w, mask, seed, rows[:, None] * dim + cols[None, :], STOCHASTIC)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_rows", "seed"])  # changes every step: no recompiles
 def _adam_kernel(
     rows_ptr,  # (U,) int64: unique rows to update
     grad_ptr,  # (U, D) float: summed gradient of each row
@@ -252,6 +255,7 @@ def launch_shape(dim: int):
                     per_thread=ELEMENTS_PER_THREAD)
 
 
+@on_device_of(1)
 def _launch(kernel, weight: Tensor, rows: Tensor, values: Tensor, states: tuple[Tensor, ...],
             scalars: tuple, sr_seed: int | None, **flags) -> None:
     """The one launcher: grid and tile from the dim, the strides of the gradient, the weight and
