@@ -206,9 +206,10 @@ def _reduce(grad, indices, num_weights, padding_idx, scale_grad_by_freq, *, dens
         out = torch.zeros(num_weights, dim, dtype=grad.dtype, device=device)
         if n == 0 or dim == 0:
             return out
-    elif n == 0:
-        rows = torch.empty(0, dtype=torch.int64, device=device)
-        return rows, grad.new_empty(0, dim)
+    elif n == 0 or dim == 0:  # no values to sum: only the kept rows
+        rows = torch.unique(indices).to(torch.int64)
+        rows = rows[(rows >= 0) & (rows < num_weights) & (rows != padding_idx)]
+        return rows, grad.new_empty(rows.numel(), dim)
     sorted_rows, perm = torch.sort(indices, stable=True)
     flags = torch.empty(n, dtype=torch.int32, device=device)
     _flags_kernel[(triton.cdiv(n, 1024),)](
@@ -226,7 +227,7 @@ def _reduce(grad, indices, num_weights, padding_idx, scale_grad_by_freq, *, dens
         rows = torch.empty(kept, dtype=torch.int64, device=device)
         out = torch.empty(kept, dim, dtype=grad.dtype, device=device)
         seg_start = torch.empty(kept, dtype=torch.int64, device=device)
-        if kept == 0 or dim == 0:
+        if kept == 0:
             return rows, out
     windows = triton.cdiv(n, CHUNK)
     partial = torch.empty(2 * windows, dim, dtype=torch.float32, device=device)

@@ -112,10 +112,12 @@ def compile_case(case: dict) -> dict:
             signature[name] = "fp32"
         else:
             signature[name] = "i32"
-    src = ASTSource(fn=fn, signature=signature, constexprs=constexprs)
-    compiled = triton.compile(
-        src, target=GPUTarget("cuda", 90, 32), options={"num_warps": case["num_warps"]}
-    )
+    target, options = GPUTarget("cuda", 90, 32), {"num_warps": case["num_warps"]}
+    try:  # Triton 3.9 keys constexprs by name; older 3.x releases by argument-index tuples
+        compiled = triton.compile(ASTSource(fn, signature, constexprs), target, options)
+    except Exception:
+        by_index = {(fn.arg_names.index(name),): v for name, v in constexprs.items()}
+        compiled = triton.compile(ASTSource(fn, signature, by_index), target, options)
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(compiled.asm["cubin"])
         f.flush()

@@ -65,3 +65,32 @@ def test_single_and_multi_chunk_rows_together(triton_backend):
     )
     ref_unique, ref_values = torch_grad.dedup_grad(grad, idx, 5, -1, False)
     assert torch.equal(unique.cpu(), ref_unique) and torch.equal(values.cpu(), ref_values)
+
+
+@pytest.mark.parametrize("n,dim", [(0, 4), (5, 0), (0, 0)])
+def test_empty_batch_or_rows(triton_backend, n, dim):
+    device = triton_backend.device
+    idx = torch.tensor([3, 1, 3, 9, 2][:n], dtype=torch.int64)
+    grad = torch.randn(n, dim)
+    kernels = kernel_module("grad")
+    rows, values = kernels.dedup_grad(grad.to(device), idx.to(device), 5, 2, False)
+    ref_rows, ref_values = torch_grad.dedup_grad(grad, idx, 5, 2, False)
+    assert torch.equal(rows.cpu(), ref_rows) and values.shape == ref_values.shape
+    dense = kernels.dense_grad(grad.to(device), idx.to(device), 5, 2, True)
+    assert torch.equal(dense.cpu(), torch_grad.dense_grad(grad, idx, 5, 2, True))
+
+
+def test_padded_result_for_the_fused_step(triton_backend):
+    """N slots without a host read: kept rows ascending, then row num_weights (skipped by the
+    optimizer kernels); int32 indices sort as int32 and give int64 rows."""
+    device = triton_backend.device
+    idx = torch.tensor([3, 1, 3, 9, 2, 1], dtype=torch.int32)
+    grad = torch.randint(-3, 4, (6, 3)).float()
+    rows, values = kernel_module("grad").dedup_grad_padded(
+        grad.to(device), idx.to(device), 5, 2, True
+    )
+    ref_rows, ref_values = torch_grad.dedup_grad(grad, idx.long(), 5, 2, True)
+    k = ref_rows.numel()
+    assert rows.dtype == torch.int64 and rows.shape == (6,) and values.shape == (6, 3)
+    assert torch.equal(rows[:k].cpu(), ref_rows) and bool((rows[k:] == 5).all())
+    assert torch.equal(values[:k].cpu(), ref_values)
