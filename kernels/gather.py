@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from sparsemb.kernels.launch import tile_for
+from sparsemb.kernels.launch import on_device_of, tile_for
 
 MAX_BLOCK_D = 512  # widest slice of a row one program holds; wider rows loop over slices
 TILE_ELEMENTS = 4096  # rows x columns a program moves per step for small embedding_dim
@@ -21,11 +21,11 @@ MAX_ROWS = 64
 
 
 def launch_shape(dim: int):
-    """(BLOCK_D, ROWS) of the gather and the renorm."""
+    """(BLOCK_D, ROWS, num_warps) of the gather and the renorm."""
     return tile_for(dim, max_block_d=MAX_BLOCK_D, elements=TILE_ELEMENTS, max_rows=MAX_ROWS)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_indices"])  # changes every step: no recompiles
 def _gather_kernel(
     weight_ptr,  # (V, D) table, any float dtype, strides (stride_wv, stride_wd)
     indices_ptr,  # (N,) int32 or int64 rows to read, stride stride_i (0 for expanded input)
@@ -65,6 +65,7 @@ def _gather_kernel(
         )
 
 
+@on_device_of(0)
 def gather(weight: torch.Tensor, indices: torch.Tensor, check_bounds: bool):
     """Rows ``weight[indices]`` as (N, D), and the bounds flag (a (1,) int32 tensor) or None.
 
@@ -75,12 +76,12 @@ def gather(weight: torch.Tensor, indices: torch.Tensor, check_bounds: bool):
     bad = torch.zeros(1, dtype=torch.int32, device=weight.device) if check_bounds else None
     if n == 0:
         return out, bad
-    block_d, rows = launch_shape(dim)
+    block_d, rows, num_warps = launch_shape(dim)
     grid = (triton.cdiv(n, rows),)
     _gather_kernel[grid](
         weight, indices, out, bad if bad is not None else out, n, num_rows, dim,
         weight.stride(0), weight.stride(1), indices.stride(0),
-        CHECK=check_bounds, ROWS=rows, BLOCK_D=block_d,
+        CHECK=check_bounds, ROWS=rows, BLOCK_D=block_d, num_warps=num_warps,
     )  # fmt: skip
     return out, bad
 

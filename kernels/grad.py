@@ -1,15 +1,26 @@
-"""Deduplicated embedding gradient: sort, then a deterministic two-stage segment reduce.
+"""Deduplicated embedding gradient: sort, then a deterministic, sync-free segment reduce.
 
-The batch's indices are sorted (stably, so equal rows keep batch order) and cut into segments,
-one per unique row. Long segments (hot rows under Zipf traffic) are split into chunks of at most
-``CHUNK`` positions so that no program walks thousands of rows alone:
-  1. ``_chunk_sum_kernel``: one program per (chunk, column block) sums its gradient rows in
-     float32 into a partial-sum buffer;
-  2. ``_segment_sum_kernel``: one program per (kept unique row, column block) adds that row's
-     chunk partials in chunk order, divides by the count (scale_grad_by_freq), and writes the
-     row either to position i of the sparse values or to row ``unique[i]`` of a dense gradient.
+The batch's indices are sorted (stably, so equal rows keep batch order); a *segment* is the run
+of one row. Sorted positions are cut into aligned *windows* of ``CHUNK`` positions, so a hot row
+(thousands of hits under Zipf traffic) spans many windows and no program walks it alone. Four
+launches, sized by N alone (no host sync is needed to size them):
+  1. ``_flags_kernel``: one int32 flag per position: the position starts a kept segment (a row
+     inside ``[0, num_weights)`` other than the padding row);
+  2. ``torch.cumsum`` of the flags: each kept segment's output slot (its rank among kept rows);
+  3. ``_window_kernel``: one program per (window, column block) gathers the window's gradient
+     rows and sums each run of equal rows with a masked tree sum (``tl.sum``, a fixed order).
+     A run that is its whole segment (most rows) is final: scaled (scale_grad_by_freq) and
+     written straight to its output row. The first and last runs of a window that belong
+     to longer segments go to a float32 buffer of two partials per window;
+  4. ``_tail_kernel``: one program per (window, column block); the window where a long segment
+     ends adds that segment's partials in tiles of up to ``MAX_TILE`` windows (``tl.sum``, a
+     fixed tree order, tiles in order), so the hottest row costs a few steps.
 Every sum runs in a fixed order, so the result is bit-identical run to run; there are no atomics.
-The padding row and rows outside the table are dropped before stage 2. All offsets are int64.
+Rows outside the table and the padding row are never written. All offsets are int64; divisions
+are IEEE-rounded (``div_rn``), as the CPU path's. The sparse result needs the number of kept rows
+on the host (one read, after step 2); ``dedup_grad_padded`` skips even that, for the fused
+optimizer step, by returning N slots whose unused rows hold ``num_weights`` (outside the table,
+skipped by the optimizer kernels).
 """
 
 from __future__ import annotations
@@ -18,162 +29,258 @@ import torch
 import triton
 import triton.language as tl
 
-from sparsemb.kernels.launch import tile_for
+from sparsemb.kernels.launch import on_device_of, tile_for
 from sparsemb.kernels.rounding import round_nearest
 
-CHUNK = 32  # gradient rows one stage-1 program sums
-MAX_BLOCK_D = 256  # columns per program; wider rows use more column blocks
-TILE_ELEMENTS = 4096  # elements a program reduces per step; small D packs several rows
+CHUNK = 16  # sorted positions per window
+MAX_BLOCK_D = 128  # columns per tail program; wider rows use more column blocks
+WINDOW_BLOCK_D = 32  # columns per window program: it holds a (CHUNK, CHUNK, BLOCK_D) tile
+TILE_ELEMENTS = 4096  # elements of a tile of partials the tail kernel sums at once
+MAX_TILE = 64  # windows' partials the tail kernel sums at once
 
 
-@triton.jit
-def _chunk_sum_kernel(
+@triton.jit(do_not_specialize=["n"])  # changes every step: no recompiles
+def _flags_kernel(
+    sorted_ptr,  # (N,) int32/int64 sorted indices
+    flags_ptr,  # (N,) int32 out: 1 where a kept segment starts
+    n,  # N
+    num_rows,  # V
+    padding_idx,  # the padding row, or -1
+    BLOCK: tl.constexpr,  # positions per program
+):
+    pos = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
+    live = pos < n
+    key = tl.load(sorted_ptr + pos, mask=live, other=0).to(tl.int64)
+    prev = tl.load(sorted_ptr + pos - 1, mask=live & (pos > 0), other=0).to(tl.int64)
+    start = (pos == 0) | (key != prev)
+    kept = (key >= 0) & (key < num_rows) & (key != padding_idx)
+    tl.store(flags_ptr + pos, (start & kept).to(tl.int32), mask=live)
+
+
+@triton.jit(do_not_specialize=["n"])  # changes every step: no recompiles
+def _window_kernel(
     grad_ptr,  # (N, D) output gradient, row stride stride_gn, unit column stride
-    perm_ptr,  # (N,) int64 positions of the sorted indices in the batch
-    chunk_start_ptr,  # (C,) int64 first sorted position of each chunk
-    chunk_end_ptr,  # (C,) int64 one past the last sorted position of each chunk
-    partial_ptr,  # (C, D) float32 partial sums, contiguous
-    n_chunks,  # C
+    sorted_ptr,  # (N,) sorted indices
+    perm_ptr,  # (N,) int64 batch position of each sorted index
+    slot_ptr,  # (N,) int64 inclusive cumsum of the kept-start flags: slot + 1 of each position
+    out_ptr,  # (K, D) sparse values or (V, D) dense gradient, contiguous
+    rows_ptr,  # (K,) int64 out: the row of each slot (sparse only)
+    seg_start_ptr,  # (K,) int64 out: first sorted position of each kept segment
+    partial_ptr,  # (2 * windows, D) float32 out: first/last run of a window in a long segment
+    n,  # N
+    num_rows,  # V
+    padding_idx,  # the padding row, or -1
     dim,  # D
     stride_gn,  # elements between gradient rows
-    CHUNKS: tl.constexpr,  # chunks per program (several when D is small)
-    CHUNK: tl.constexpr,  # max positions per chunk
+    SCALE_BY_FREQ: tl.constexpr,  # divide by the row's count in the batch
+    DENSE: tl.constexpr,  # write to row ``row`` of a (V, D) gradient instead of slot
+    CHUNK: tl.constexpr,  # positions per window
     BLOCK_D: tl.constexpr,  # columns per program
 ):
-    # int64: chunk * dim and row * stride_gn overflow int32 on big batches and tables.
-    chunk = tl.program_id(0).to(tl.int64) * CHUNKS + tl.arange(0, CHUNKS).to(tl.int64)
+    # int64: position * dim and row * stride_gn overflow int32 on big batches and tables.
+    window = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, CHUNK).to(tl.int64)
+    pos = window * CHUNK + offs
     cols = tl.program_id(1).to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D).to(tl.int64)
     in_row = cols < dim
-    live_chunk = chunk < n_chunks
-    start = tl.load(chunk_start_ptr + chunk, mask=live_chunk, other=0)
-    end = tl.load(chunk_end_ptr + chunk, mask=live_chunk, other=0)
-    pos = start[:, None] + tl.arange(0, CHUNK).to(tl.int64)[None, :]  # (CHUNKS, CHUNK)
-    live = pos < end[:, None]
+    live = pos < n
+    key = tl.load(sorted_ptr + pos, mask=live, other=0).to(tl.int64)
+    prev = tl.load(sorted_ptr + pos - 1, mask=live & (pos > 0), other=0).to(tl.int64)
+    nxt = tl.load(sorted_ptr + pos + 1, mask=pos + 1 < n, other=0).to(tl.int64)
+    seg_start = live & ((pos == 0) | (key != prev))
+    seg_end = live & ((pos == n - 1) | (key != nxt))
+    run_start = seg_start | (offs == 0)
+    run_end = seg_end | (offs == CHUNK - 1)
+    kept = live & (key >= 0) & (key < num_rows) & (key != padding_idx)
+    slot = tl.load(slot_ptr + pos, mask=live, other=1) - 1
     src = tl.load(perm_ptr + pos, mask=live, other=0).to(tl.int64)
     tile = tl.load(
-        grad_ptr + src[:, :, None] * stride_gn + cols[None, None, :],
-        mask=live[:, :, None] & in_row[None, None, :],
+        grad_ptr + src[:, None] * stride_gn + cols[None, :],
+        mask=kept[:, None] & in_row[None, :],
         other=0.0,
-    ).to(tl.float32)  # (CHUNKS, CHUNK, BLOCK_D)
-    tl.store(
-        partial_ptr + chunk[:, None] * dim + cols[None, :],
-        tl.sum(tile, axis=1),
-        mask=live_chunk[:, None] & in_row[None, :],
-    )
-
-
-@triton.jit
-def _segment_sum_kernel(
-    partial_ptr,  # (C, D) float32 chunk partial sums
-    seg_ptr,  # (K,) int64 segment number of each kept unique row
-    chunk_offsets_ptr,  # (U + 1,) int64 first chunk of each segment
-    offsets_ptr,  # (U + 1,) int64 first sorted position of each segment
-    unique_ptr,  # (U,) int64 unique rows (for the dense destination)
-    out_ptr,  # (K, D) sparse values or (V, D) dense gradient, contiguous
-    n_kept,  # K
-    num_rows,  # V of a dense destination: rows outside [0, V) (unchecked input) are not written
-    dim,  # D
-    SEGS: tl.constexpr,  # kept rows per program (several when D is small)
-    SCALE_BY_FREQ: tl.constexpr,  # divide by the row's count in the batch
-    DENSE: tl.constexpr,  # write to row unique[seg] instead of row i
-    BLOCK_D: tl.constexpr,  # columns per program
-):
-    # int64: row * dim overflows int32 on big tables.
-    i = tl.program_id(0).to(tl.int64) * SEGS + tl.arange(0, SEGS).to(tl.int64)
-    cols = tl.program_id(1).to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D).to(tl.int64)
-    in_row = cols < dim
-    live = i < n_kept
-    seg = tl.load(seg_ptr + i, mask=live, other=0)
-    first = tl.load(chunk_offsets_ptr + seg, mask=live, other=0)
-    n_chunks = tl.load(chunk_offsets_ptr + seg + 1, mask=live, other=0) - first
-    acc = tl.zeros((SEGS, BLOCK_D), dtype=tl.float32)
-    for k in range(0, tl.max(n_chunks, axis=0)):  # each row adds its chunks in order
-        has = k < n_chunks
-        acc += tl.load(
-            partial_ptr + (first + k)[:, None] * dim + cols[None, :],
-            mask=has[:, None] & in_row[None, :],
-            other=0.0,
-        )
+    ).to(tl.float32)  # (CHUNK, BLOCK_D)
+    # the start of each position's run: the last run start at or before it
+    starts_before = (offs[None, :] <= offs[:, None]) & run_start[None, :]
+    first = tl.max(tl.where(starts_before, offs[None, :], 0), 1)
+    # each run's sum at each of its positions: a masked (CHUNK, CHUNK, BLOCK_D) tree sum, in a
+    # fixed order, with no 0 * x term (an inf in one row stays in that row)
+    same_run = first[:, None] == first[None, :]
+    sums = tl.sum(tl.where(same_run[:, :, None], tile[None, :, :], 0.0), 1)
+    first_is_seg = tl.sum(tl.where(offs[:, None] == first[None, :], seg_start[:, None], 0), 0)
+    whole = run_end & seg_end & (first_is_seg != 0)  # the run is its whole segment
+    final = sums
     if SCALE_BY_FREQ:
-        count = tl.load(offsets_ptr + seg + 1, mask=live, other=1) - tl.load(
-            offsets_ptr + seg, mask=live, other=0
-        )
-        acc = acc / count.to(tl.float32)[:, None]
-    if DENSE:
-        dest = tl.load(unique_ptr + seg, mask=live, other=0).to(tl.int64)
-        live = live & (dest >= 0) & (dest < num_rows)
-    else:
-        dest = i
+        count = (offs - first + 1).to(tl.float32)
+        final = tl.div_rn(sums, count[:, None] + tl.zeros_like(sums))
+    dest = key if DENSE else slot
     tl.store(
         out_ptr + dest[:, None] * dim + cols[None, :],
-        round_nearest(acc, out_ptr.dtype.element_ty),
-        mask=live[:, None] & in_row[None, :],
+        round_nearest(final, out_ptr.dtype.element_ty),
+        mask=(whole & kept)[:, None] & in_row[None, :],
     )
-
-
-def _segments(indices: torch.Tensor):
-    """Stable sort of the indices and the segment/chunk tables both stages read."""
-    sorted_rows, perm = torch.sort(indices.to(torch.int64), stable=True)
-    unique, counts = torch.unique_consecutive(sorted_rows, return_counts=True)
-    offsets = torch.zeros(unique.numel() + 1, dtype=torch.int64, device=indices.device)
-    torch.cumsum(counts, 0, out=offsets[1:])
-    n_chunks = (counts + CHUNK - 1) // CHUNK
-    chunk_offsets = torch.zeros_like(offsets)
-    torch.cumsum(n_chunks, 0, out=chunk_offsets[1:])
-    total = int(chunk_offsets[-1])
-    chunk_seg = torch.repeat_interleave(
-        torch.arange(unique.numel(), device=indices.device), n_chunks, output_size=total
+    # a run in a longer segment: slot 0 if it starts the window, else slot 1 (the last run)
+    part = window * 2 + (first != 0).to(tl.int64)
+    tl.store(
+        partial_ptr + part[:, None] * dim + cols[None, :],
+        sums,
+        mask=(run_end & ~whole & kept)[:, None] & in_row[None, :],
     )
-    rank = torch.arange(total, device=indices.device) - chunk_offsets[chunk_seg]
-    chunk_start = offsets[chunk_seg] + rank * CHUNK
-    chunk_end = torch.minimum(chunk_start + CHUNK, offsets[chunk_seg + 1])
-    return perm, unique, offsets, chunk_offsets, chunk_start, chunk_end
+    if tl.program_id(1) == 0:
+        tl.store(seg_start_ptr + slot, pos, mask=seg_start & kept)
+        if not DENSE:
+            tl.store(rows_ptr + slot, key, mask=seg_start & kept)
 
 
-def _reduce(grad, indices, num_weights, padding_idx, scale_grad_by_freq, dense: bool):
-    """Run both stages: the dense (num_weights, D) gradient, or (kept unique rows, values).
+@triton.jit(do_not_specialize=["n"])  # changes every step: no recompiles
+def _tail_kernel(
+    sorted_ptr,  # (N,) sorted indices
+    slot_ptr,  # (N,) int64 inclusive cumsum of the kept-start flags
+    seg_start_ptr,  # (K,) int64 first sorted position of each kept segment
+    partial_ptr,  # (2 * windows, D) float32 partials of the windows' first/last runs
+    out_ptr,  # (K, D) sparse values or (V, D) dense gradient, contiguous
+    n,  # N
+    num_rows,  # V
+    padding_idx,  # the padding row, or -1
+    dim,  # D
+    SCALE_BY_FREQ: tl.constexpr,
+    DENSE: tl.constexpr,
+    CHUNK: tl.constexpr,  # positions per window
+    TILE: tl.constexpr,  # windows' partials summed at once
+    BLOCK_D: tl.constexpr,
+):
+    """The window where a multi-window segment ends finishes it: the segment's head (its first
+    window's last run), the middle windows and this window's first run, summed in order."""
+    window = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1).to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D).to(tl.int64)
+    in_row = cols < dim
+    p0 = window * CHUNK
+    key = tl.load(sorted_ptr + p0).to(tl.int64)
+    prev = tl.load(sorted_ptr + p0 - 1, mask=p0 > 0, other=0).to(tl.int64)
+    pos = p0 + tl.arange(0, CHUNK).to(tl.int64)
+    same = tl.load(sorted_ptr + pos, mask=pos < n, other=0).to(tl.int64) == key
+    end = p0 + tl.sum((same & (pos < n)).to(tl.int64), 0) - 1  # last position of the first run
+    nxt = tl.load(sorted_ptr + end + 1, mask=end + 1 < n, other=0).to(tl.int64)
+    continued = (p0 > 0) & (prev == key)
+    ends_here = (end + 1 >= n) | (nxt != key)
+    kept = (key >= 0) & (key < num_rows) & (key != padding_idx)
+    if continued & ends_here & kept:
+        slot = tl.load(slot_ptr + p0) - 1
+        start = tl.load(seg_start_ptr + slot)
+        first_window = start // CHUNK
+        head = first_window * 2 + (start % CHUNK != 0).to(tl.int64)
+        acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+        for w0 in range(first_window, window + 1, TILE):
+            ws = w0 + tl.arange(0, TILE).to(tl.int64)
+            part = tl.where(ws == first_window, head, ws * 2)
+            acc += tl.sum(
+                tl.load(
+                    partial_ptr + part[:, None] * dim + cols[None, :],
+                    mask=(ws <= window)[:, None] & in_row[None, :],
+                    other=0.0,
+                ),
+                0,
+            )
+        if SCALE_BY_FREQ:
+            acc = tl.div_rn(acc, (end - start + 1).to(tl.float32) + tl.zeros_like(acc))
+        dest = key if DENSE else slot
+        tl.store(out_ptr + dest * dim + cols, round_nearest(acc, out_ptr.dtype.element_ty),
+                 mask=in_row)
 
-    Kept rows are those inside ``[0, num_weights)`` other than the padding row: an index outside
-    the table (possible only with ``bounds_check="none"``) never reaches a gradient, so no
-    optimizer can write outside the table.
-    """
-    dim = grad.shape[1]
+
+def _tiles(dim: int):
+    """(window tile, tail tile) launch shapes for embedding dim ``dim``."""
+    window = tile_for(dim, max_block_d=WINDOW_BLOCK_D, elements=CHUNK * CHUNK * WINDOW_BLOCK_D,
+                      max_rows=CHUNK * CHUNK)
+    tail = tile_for(dim, max_block_d=MAX_BLOCK_D, elements=TILE_ELEMENTS, max_rows=MAX_TILE)
+    return window, tail
+
+
+@on_device_of(0)
+def _reduce(grad, indices, num_weights, padding_idx, scale_grad_by_freq, *, dense, padded=False):
+    """The dense (num_weights, D) gradient, or (kept unique rows, values); with ``padded``,
+    N slots whose unused rows hold ``num_weights``, with no host read at all."""
+    n, dim = grad.shape
+    device = grad.device
     grad = grad if grad.stride(-1) == 1 else grad.contiguous()
-    perm, unique, offsets, chunk_offsets, chunk_start, chunk_end = _segments(indices)
-    seg = torch.arange(unique.numel(), device=grad.device)
-    keep = (unique >= 0) & (unique < num_weights)
-    if padding_idx >= 0:
-        keep &= unique != padding_idx
-    seg, unique_kept = seg[keep], unique[keep]
     if dense:
-        out = torch.zeros(num_weights, dim, dtype=grad.dtype, device=grad.device)
+        out = torch.zeros(num_weights, dim, dtype=grad.dtype, device=device)
+        if n == 0 or dim == 0:
+            return out
+    elif n == 0 or dim == 0:  # no values to sum: only the kept rows
+        rows = torch.unique(indices).to(torch.int64)
+        rows = rows[(rows >= 0) & (rows < num_weights) & (rows != padding_idx)]
+        return rows, grad.new_empty(rows.numel(), dim)
+    sorted_rows, perm = torch.sort(indices, stable=True)
+    flags = torch.empty(n, dtype=torch.int32, device=device)
+    _flags_kernel[(triton.cdiv(n, 1024),)](
+        sorted_rows, flags, n, num_weights, padding_idx, BLOCK=1024, num_warps=4
+    )
+    slot = torch.cumsum(flags, 0)  # int64
+    if dense:
+        rows = seg_start = torch.empty(n, dtype=torch.int64, device=device)
+    elif padded:
+        rows = torch.full((n,), num_weights, dtype=torch.int64, device=device)
+        out = torch.empty(n, dim, dtype=grad.dtype, device=device)
+        seg_start = torch.empty(n, dtype=torch.int64, device=device)
     else:
-        out = torch.empty(seg.numel(), dim, dtype=grad.dtype, device=grad.device)
-    if seg.numel() == 0 or dim == 0:
-        return out if dense else (unique_kept, out)
-    block_d, segs_per_program = tile_for(dim, max_block_d=MAX_BLOCK_D, elements=TILE_ELEMENTS)
-    chunks_per_program = max(1, segs_per_program // CHUNK)
-    d_blocks = triton.cdiv(dim, block_d)
-    n_chunks, n_kept = chunk_start.numel(), seg.numel()
-    partial = torch.empty(n_chunks, dim, dtype=torch.float32, device=grad.device)
-    _chunk_sum_kernel[(triton.cdiv(n_chunks, chunks_per_program), d_blocks)](
-        grad, perm, chunk_start, chunk_end, partial, n_chunks, dim, grad.stride(0),
-        CHUNKS=chunks_per_program, CHUNK=CHUNK, BLOCK_D=block_d,
+        kept = int(slot[-1])  # the one host read: the sparse gradient's nnz
+        rows = torch.empty(kept, dtype=torch.int64, device=device)
+        out = torch.empty(kept, dim, dtype=grad.dtype, device=device)
+        seg_start = torch.empty(kept, dtype=torch.int64, device=device)
+        if kept == 0:
+            return rows, out
+    windows = triton.cdiv(n, CHUNK)
+    partial = torch.empty(2 * windows, dim, dtype=torch.float32, device=device)
+    window_tile, tail_tile = _tiles(dim)
+    _window_kernel[(windows, triton.cdiv(dim, window_tile.block_d))](
+        grad, sorted_rows, perm, slot, out, rows, seg_start, partial, n, num_weights,
+        padding_idx, dim, grad.stride(0),
+        SCALE_BY_FREQ=scale_grad_by_freq, DENSE=dense, CHUNK=CHUNK,
+        BLOCK_D=window_tile.block_d, num_warps=window_tile.num_warps,
     )  # fmt: skip
-    _segment_sum_kernel[(triton.cdiv(n_kept, segs_per_program), d_blocks)](
-        partial, seg, chunk_offsets, offsets, unique, out, n_kept, out.shape[0], dim,
-        SEGS=segs_per_program,
-        SCALE_BY_FREQ=scale_grad_by_freq, DENSE=dense, BLOCK_D=block_d,
+    _tail_kernel[(windows, triton.cdiv(dim, tail_tile.block_d))](
+        sorted_rows, slot, seg_start, partial, out, n, num_weights, padding_idx, dim,
+        SCALE_BY_FREQ=scale_grad_by_freq, DENSE=dense, CHUNK=CHUNK, TILE=tail_tile.rows,
+        BLOCK_D=tail_tile.block_d, num_warps=tail_tile.num_warps,
     )  # fmt: skip
-    return out if dense else (unique_kept, out)
+    return out if dense else (rows, out)
 
 
 def dedup_grad(grad, indices, num_weights: int, padding_idx: int, scale_grad_by_freq: bool):
     """(unique rows ascending, summed gradient rows) of the rows inside the table, without the
-    padding row."""
+    padding row. One host read: the number of kept rows."""
     return _reduce(grad, indices, num_weights, padding_idx, scale_grad_by_freq, dense=False)
+
+
+def dedup_grad_padded(grad, indices, num_weights: int, padding_idx: int, scale_grad_by_freq):
+    """``dedup_grad`` in N slots, without a host read: the kept rows ascending first, then rows
+    holding ``num_weights`` (outside the table: optimizer kernels skip them) with unset values."""
+    return _reduce(grad, indices, num_weights, padding_idx, scale_grad_by_freq, dense=False,
+                   padded=True)
 
 
 def dense_grad(grad, indices, num_weights: int, padding_idx: int, scale_grad_by_freq: bool):
     """The (num_weights, D) gradient: the same reduction written into a zeroed buffer."""
     return _reduce(grad, indices, num_weights, padding_idx, scale_grad_by_freq, dense=True)
+
+
+def compile_cases(dim: int, ptr: str) -> list[dict]:
+    """The specialisations ``scripts/sm90_compile.py`` compiles for gradients of type ``ptr``."""
+    window, tail = _tiles(dim)
+    common = {"SCALE_BY_FREQ": True, "DENSE": False, "CHUNK": CHUNK}
+    return [
+        {"label": "flags", "spec": dict(
+            kernel="_flags_kernel", num_warps=4, constexprs={"BLOCK": 1024},
+            pointers={"sorted_ptr": "*i64", "flags_ptr": "*i32"})},
+        {"label": "window", "spec": dict(
+            kernel="_window_kernel", num_warps=window.num_warps,
+            constexprs=dict(common, BLOCK_D=window.block_d),
+            pointers={"grad_ptr": ptr, "sorted_ptr": "*i64", "perm_ptr": "*i64",
+                      "slot_ptr": "*i64", "out_ptr": ptr, "rows_ptr": "*i64",
+                      "seg_start_ptr": "*i64", "partial_ptr": "*fp32"})},
+        {"label": "tail", "spec": dict(
+            kernel="_tail_kernel", num_warps=tail.num_warps,
+            constexprs=dict(common, TILE=tail.rows, BLOCK_D=tail.block_d),
+            pointers={"sorted_ptr": "*i64", "slot_ptr": "*i64", "seg_start_ptr": "*i64",
+                      "partial_ptr": "*fp32", "out_ptr": ptr})},
+    ]

@@ -28,12 +28,15 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from sparsemb.kernels.launch import tile_for
+from sparsemb.kernels.launch import on_device_of, tile_for
 from sparsemb.kernels.rounding import round_nearest
 
 MAX_BLOCK_D = 2048  # the dim a program covers in one chunk; row-wise Adagrad reads g once up to it
 BLOCK_ELEMENTS = 2048  # elements per program: BLOCK_R = BLOCK_ELEMENTS // BLOCK_D rows
 MAX_BLOCK_R = 256
+# a thread holds up to five streams (weight, gradient, two moments, noise) per element: fewer
+# elements per thread than the gathers so Adam on a 16-bit table fits without spilling
+ELEMENTS_PER_THREAD = 8
 
 
 @triton.jit
@@ -101,7 +104,7 @@ def _grad_and_weight(
     return cols, mask, g, w_ptrs, w
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_rows", "seed"])  # changes every step: no recompiles
 def _sgd_kernel(
     rows_ptr,  # (U,) int64: unique rows to update
     grad_ptr,  # (U, D) float: summed gradient of each row
@@ -126,7 +129,7 @@ def _sgd_kernel(
         _store_rounded(w_ptrs, w, mask, seed, rows[:, None] * dim + cols[None, :], STOCHASTIC)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_rows", "seed"])  # changes every step: no recompiles
 def _adagrad_kernel(
     rows_ptr,  # (U,) int64: unique rows to update
     grad_ptr,  # (U, D) float: summed gradient of each row
@@ -156,7 +159,7 @@ def _adagrad_kernel(
         _store_rounded(w_ptrs, w, mask, seed, rows[:, None] * dim + cols[None, :], STOCHASTIC)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_rows", "seed"])  # changes every step: no recompiles
 def _rowwise_adagrad_kernel(
     rows_ptr,  # (U,) int64: unique rows to update
     grad_ptr,  # (U, D) float: summed gradient of each row
@@ -177,7 +180,9 @@ def _rowwise_adagrad_kernel(
             grad_ptr, weight_ptr, local, rows, row_mask, 0, dim,
             grad_row_stride, grad_col_stride, weight_row_stride, weight_col_stride,
             weight_decay, HAS_WD, BLOCK_D)
-        total = tl.load(sum_ptrs, mask=row_mask, other=0.0) + tl.sum(g * g, axis=1) / dim
+        squares = tl.sum(g * g, axis=1)
+        total = tl.load(sum_ptrs, mask=row_mask, other=0.0) + tl.div_rn(
+            squares, dim + tl.zeros_like(squares))
         tl.store(sum_ptrs, total, mask=row_mask)
         std = tl.sqrt_rn(total) + eps
         w = w + neg_lr * tl.div_rn(g, std[:, None])
@@ -192,7 +197,8 @@ def _rowwise_adagrad_kernel(
                 w_ptrs = _tile(weight_ptr, rows, cols, weight_row_stride, weight_col_stride)
                 g = g + weight_decay * _load_f32(w_ptrs, mask)
             squares += tl.sum(g * g, axis=1)
-        total = tl.load(sum_ptrs, mask=row_mask, other=0.0) + squares / dim
+        total = tl.load(sum_ptrs, mask=row_mask, other=0.0) + tl.div_rn(
+            squares, dim + tl.zeros_like(squares))
         tl.store(sum_ptrs, total, mask=row_mask)
         std = tl.sqrt_rn(total) + eps
         for start in range(0, dim, BLOCK_D):
@@ -204,7 +210,7 @@ def _rowwise_adagrad_kernel(
             _store_rounded(w_ptrs, w, mask, seed, rows[:, None] * dim + cols[None, :], STOCHASTIC)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_rows", "seed"])  # changes every step: no recompiles
 def _adam_kernel(
     rows_ptr,  # (U,) int64: unique rows to update
     grad_ptr,  # (U, D) float: summed gradient of each row
@@ -243,6 +249,13 @@ def _adam_kernel(
         _store_rounded(w_ptrs, w, mask, seed, rows[:, None] * dim + cols[None, :], STOCHASTIC)
 
 
+def launch_shape(dim: int):
+    """(BLOCK_D, BLOCK_R, num_warps) of every optimizer kernel for embedding dim ``dim``."""
+    return tile_for(dim, max_block_d=MAX_BLOCK_D, elements=BLOCK_ELEMENTS, max_rows=MAX_BLOCK_R,
+                    per_thread=ELEMENTS_PER_THREAD)
+
+
+@on_device_of(1)
 def _launch(kernel, weight: Tensor, rows: Tensor, values: Tensor, states: tuple[Tensor, ...],
             scalars: tuple, sr_seed: int | None, **flags) -> None:
     """The one launcher: grid and tile from the dim, the strides of the gradient, the weight and
@@ -250,16 +263,14 @@ def _launch(kernel, weight: Tensor, rows: Tensor, values: Tensor, states: tuple[
     counters of what the kernel wrote."""
     if rows.numel() == 0 or weight.shape[1] == 0:
         return
-    block_d, block_r = tile_for(
-        weight.shape[1], max_block_d=MAX_BLOCK_D, elements=BLOCK_ELEMENTS, max_rows=MAX_BLOCK_R
-    )
+    block_d, block_r, num_warps = launch_shape(weight.shape[1])
     stochastic = sr_seed is not None and weight.dtype in (torch.bfloat16, torch.float16)
     state_strides = [stride for state in states for stride in state.stride()]
     kernel[(triton.cdiv(rows.numel(), block_r),)](
         rows, values, weight, *states, rows.numel(), weight.shape[0], weight.shape[1],
         *values.stride(), *weight.stride(), *state_strides,
         *scalars, int(sr_seed) if stochastic else 0,
-        STOCHASTIC=stochastic, BLOCK_R=block_r, BLOCK_D=block_d, **flags,
+        STOCHASTIC=stochastic, BLOCK_R=block_r, BLOCK_D=block_d, num_warps=num_warps, **flags,
     )
     for written in (weight, *states):  # a Triton store bypasses autograd's version counter
         torch.autograd.graph.increment_version(written)
@@ -288,7 +299,7 @@ def rowwise_adagrad_update_(
     eps: float, weight_decay: float, sr_seed: int | None,
 ) -> None:
     """Fused ``sparsemb.torch_backend.optim.rowwise_adagrad_update_``."""
-    block_d = tile_for(weight.shape[1], max_block_d=MAX_BLOCK_D, elements=BLOCK_ELEMENTS).block_d
+    block_d = launch_shape(weight.shape[1]).block_d
     _launch(_rowwise_adagrad_kernel, weight, rows, values, (state_sum,),
             (neg_lr, eps, weight_decay), sr_seed,
             HAS_WD=weight_decay != 0, ONE_CHUNK=weight.shape[1] <= block_d)
@@ -303,3 +314,33 @@ def adam_update_(
     _launch(_adam_kernel, weight, rows, values, (exp_avg, exp_avg_sq),
             (one_minus_beta1, one_minus_beta2, eps, neg_step_size, decay), sr_seed,
             HAS_DECAY=decay != 1)
+
+
+_UNIT_STRIDES = ("grad_col_stride", "weight_col_stride", "sum_col_stride", "m_col_stride",
+                 "v_col_stride", "sum_stride")  # 1 on contiguous tensors (specialized)
+_RULES = {  # kernel: (state pointers, float scalars, flag constexprs)
+    "_sgd_kernel": ((), ("neg_lr", "weight_decay"), {"HAS_WD": True}),
+    "_adagrad_kernel": (("sum_ptr",), ("neg_clr", "eps", "weight_decay"), {"HAS_WD": True}),
+    "_rowwise_adagrad_kernel": (("sum_ptr",), ("neg_lr", "eps", "weight_decay"),
+                                {"HAS_WD": True}),
+    "_adam_kernel": (("exp_avg_ptr", "exp_avg_sq_ptr"),
+                     ("one_minus_beta1", "one_minus_beta2", "eps", "neg_step_size", "decay"),
+                     {"HAS_DECAY": True}),
+}
+
+
+def compile_cases(dim: int, ptr: str) -> list[dict]:
+    """The specialisations ``scripts/sm90_compile.py`` compiles for a table of element type
+    ``ptr`` ("*fp32", "*bf16", ...): every rule, stochastic rounding on for 16-bit tables."""
+    block_d, block_r, num_warps = launch_shape(dim)
+    out = []
+    for kernel, (states, floats, flags) in _RULES.items():
+        constexprs = dict(flags, STOCHASTIC=ptr != "*fp32", BLOCK_R=block_r, BLOCK_D=block_d)
+        if kernel == "_rowwise_adagrad_kernel":
+            constexprs["ONE_CHUNK"] = dim <= block_d
+        pointers = {"rows_ptr": "*i64", "grad_ptr": ptr, "weight_ptr": ptr}
+        pointers.update({name: "*fp32" for name in states})
+        spec = dict(kernel=kernel, pointers=pointers, constexprs=constexprs, num_warps=num_warps,
+                    floats=floats, ones=_UNIT_STRIDES)
+        out.append({"label": kernel.strip("_").removesuffix("_kernel"), "spec": spec})
+    return out

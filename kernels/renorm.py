@@ -17,6 +17,7 @@ import triton
 import triton.language as tl
 
 from sparsemb.kernels.gather import launch_shape
+from sparsemb.kernels.launch import on_device_of
 from sparsemb.kernels.rounding import round_nearest
 
 NORM_GENERAL, NORM_ONE, NORM_TWO, NORM_INF = 0, 1, 2, 3
@@ -37,7 +38,7 @@ def _row_norms(x, p, NORM: tl.constexpr):
         return tl.sum(tl.where(a > 0, tl.exp(p * tl.log(safe)), 0.0), axis=1)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_rows"])  # changes every step: no recompiles
 def _renorm_kernel(
     weight_ptr,  # (V, D) table, rescaled in place
     rows_ptr,  # (U,) int64 unique rows to renormalize
@@ -71,15 +72,15 @@ def _renorm_kernel(
         else:
             acc += part
     if NORM == 2:
-        norm = tl.sqrt(acc)
+        norm = tl.sqrt_rn(acc)
     elif NORM == 0:
-        norm = tl.where(acc > 0, tl.exp(tl.log(tl.where(acc > 0, acc, 1.0)) / p), 0.0)
+        norm = tl.where(acc > 0, tl.exp(tl.div_rn(tl.log(tl.where(acc > 0, acc, 1.0)), p)), 0.0)
     else:
         norm = acc
     # A row holding NaN has a NaN norm in torch, and NaN > max_norm is false: torch leaves the
     # row alone. Only NORM_TWO and NORM_ONE propagate NaN through the sums; max and exp/log don't.
     over = live & (norm > max_norm) & (has_nan == 0)
-    scale = max_norm / (norm + eps)
+    scale = tl.div_rn(max_norm + tl.zeros_like(norm), norm + eps)
     for start in range(0, dim, BLOCK_D):
         cols = start + tl.arange(0, BLOCK_D).to(tl.int64)
         mask = over[:, None] & (cols < dim)[None, :]
@@ -95,6 +96,7 @@ def norm_kind(norm_type: float) -> int:
     return {1.0: NORM_ONE, 2.0: NORM_TWO}.get(float(norm_type), NORM_GENERAL)
 
 
+@on_device_of(0)
 def renorm_rows_(
     weight: torch.Tensor, unique_rows: torch.Tensor, max_norm: float, norm_type: float, eps: float
 ) -> None:
@@ -103,10 +105,10 @@ def renorm_rows_(
     n, dim = unique_rows.shape[0], weight.shape[1]
     if n == 0 or dim == 0:
         return
-    block_d, rows = launch_shape(dim)
+    block_d, rows, num_warps = launch_shape(dim)
     grid = (triton.cdiv(n, rows),)
     _renorm_kernel[grid](
         weight, unique_rows, n, weight.shape[0], dim, weight.stride(0), weight.stride(1),
         float(max_norm), float(norm_type), float(eps),
-        NORM=norm_kind(norm_type), ROWS=rows, BLOCK_D=block_d,
+        NORM=norm_kind(norm_type), ROWS=rows, BLOCK_D=block_d, num_warps=num_warps,
     )  # fmt: skip

@@ -2,7 +2,12 @@
 # Everything a CUDA machine should check, in one command, into one folder:
 #   1. the full test suite on the GPU, Triton compiled for real (no interpreter);
 #   2. the GPU report: python -m bench.harness --quick --device cuda (tables, JSON, PNG);
-#   3. the GPU pytest-benchmark suites (bench/, default grid) with their JSON.
+#   3. the GPU pytest-benchmark suites (bench/, default grid) with their JSON;
+#   4. a torch.profiler trace of warm training steps (scripts/gpu_profile.py): per-kernel time,
+#      launches, cudaStreamSynchronize/memcpy per step, step time and GB/s against a measured
+#      copy, for sparsemb and nn.Embedding(sparse=True) + SparseAdam, and a CUDA-graph capture
+#      of the fused step with bounds_check="none";
+#   5. the sm_90 compile table (scripts/sm90_compile.py): registers and spills of every kernel.
 #
 # Usage:  bash scripts/gpu_all.sh [OUT_DIR]        (default: bench/results/gpu-<date>/)
 # Output: OUT_DIR/summary.txt        machine, versions, each phase's exit code and duration
@@ -12,8 +17,10 @@
 #         OUT_DIR/pytest-bench.json  pytest-benchmark's JSON (pytest-bench.log: its console)
 #         OUT_DIR/pytest-cuda-<date>.json  the suites' summary: median, GB/s, peer ratios per case
 #         OUT_DIR/worker-logs.tar.gz the report's per-workload worker logs
+#         OUT_DIR/profile/profile.md  the warm-step profile; profile/trace-*.json its traces
+#         OUT_DIR/sm90_compile.md     registers/spills of every kernel compiled for sm_90
 # Fits in ~8 minutes on an H100: each phase has a wall-clock budget (seconds; override with
-# GPU_ALL_TESTS_S, GPU_ALL_REPORT_S, GPU_ALL_BENCH_S). The report stops starting new
+# GPU_ALL_TESTS_S, GPU_ALL_REPORT_S, GPU_ALL_BENCH_S, GPU_ALL_PROFILE_S, GPU_ALL_SM90_S). The report stops starting new
 # configurations at its budget (--time-limit) and pytest is interrupted with SIGINT, so each
 # phase still writes what it measured.
 # Needs: torch with CUDA, triton, pytest (pytest-benchmark for phase 3, matplotlib for the plot);
@@ -37,9 +44,13 @@ export PYTHONUNBUFFERED=1
 unset TRITON_INTERPRET SPARSEMB_BACKEND   # real Triton kernels, automatic dispatch
 
 DRY="${GPU_ALL_DRY:-0}"
-T_TESTS="${GPU_ALL_TESTS_S:-200}"
-T_REPORT="${GPU_ALL_REPORT_S:-130}"
-T_BENCH="${GPU_ALL_BENCH_S:-130}"
+T_TESTS="${GPU_ALL_TESTS_S:-180}"
+T_REPORT="${GPU_ALL_REPORT_S:-110}"
+T_BENCH="${GPU_ALL_BENCH_S:-100}"
+T_PROFILE="${GPU_ALL_PROFILE_S:-60}"
+T_SM90="${GPU_ALL_SM90_S:-40}"
+PROFILE_ARGS=()
+PROFILE_ENV=()
 DEVICE=cuda
 REPORT_SIZE=--quick
 TEST_TARGETS=(tests)
@@ -47,6 +58,8 @@ if [ "$DRY" != "0" ]; then
   DEVICE=cpu
   REPORT_SIZE=--smoke
   TEST_TARGETS=(tests/test_bench_smoke.py)
+  PROFILE_ARGS=(--smoke)
+  PROFILE_ENV=(SPARSEMB_BACKEND=triton TRITON_INTERPRET=1)   # the Triton path, interpreted
   export SPARSEMB_BENCH_SMOKE=1 SPARSEMB_BENCH_DEVICE=cpu
 fi
 
@@ -118,13 +131,20 @@ else
   RC[bench]=0
 fi
 
+run profile "$T_PROFILE" "$OUT/profile.log" \
+  env "${PROFILE_ENV[@]}" "$PY" scripts/gpu_profile.py --device "$DEVICE" --out "$OUT/profile" \
+  "${PROFILE_ARGS[@]}"
+
+run sm90 "$T_SM90" "$OUT/sm90.log" \
+  "$PY" scripts/sm90_compile.py --markdown "$OUT/sm90_compile.md"
+
 note "== files in $OUT:"
 ls -1 "$OUT" | sed 's/^/   /' | tee -a "$SUMMARY" >/dev/null
 worst=0
-for k in tests report bench; do
+for k in tests report bench profile sm90; do
   rc=${RC[$k]:-0}
   # 124: a budget was reached; the phase still wrote what it had
   if [ "$rc" != 0 ] && [ "$rc" != 124 ] && [ "$rc" -gt "$worst" ]; then worst=$rc; fi
 done
-note "done: tests=${RC[tests]:-?} report=${RC[report]:-?} bench=${RC[bench]:-?} -> exit $worst"
+note "done: tests=${RC[tests]:-?} report=${RC[report]:-?} bench=${RC[bench]:-?} profile=${RC[profile]:-?} sm90=${RC[sm90]:-?} -> exit $worst"
 exit "$worst"

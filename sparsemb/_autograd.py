@@ -143,7 +143,10 @@ def _lookup_backward(ctx, grad):
         # gradients has no useful form.
         weight_grad = torch.ops.aten.embedding_dense_backward(grad, indices, *args)
     elif ctx.fused_update is not None:
-        unique, values = _ops.ops().dedup_grad(grad.detach(), indices, *args)
+        if torch.compiler.is_compiling():
+            unique, values = _ops.ops().dedup_grad(grad.detach(), indices, *args)
+        else:  # no host sync on the GPU: padded rows the optimizer kernels skip
+            unique, values = _ops.dedup_grad_for_update(grad.detach(), indices, *args)
         with torch.no_grad():
             ctx.fused_update(unique, values)
     elif ctx.sparse:

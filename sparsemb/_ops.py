@@ -108,6 +108,24 @@ def _dedup_grad_impl(
 dedup_grad = torch.library.custom_op("sparsemb::dedup_grad", _dedup_grad_impl, mutates_args=())
 
 
+def pads_fused_rows(grad: Tensor) -> bool:
+    """Whether the fused optimizer step takes the padded gradient (no host read): on CUDA, where
+    the optimizers skip rows outside the table instead of checking them (a check would sync)."""
+    return grad.is_cuda
+
+
+def dedup_grad_for_update(
+    grad: Tensor, indices: Tensor, num_weights: int, padding_idx: int, scale_grad_by_freq: bool
+) -> tuple[Tensor, Tensor]:
+    """The deduplicated gradient a fused optimizer step takes, in eager code: on the Triton path
+    (where ``pads_fused_rows``) N slots without a host sync, the unused ones holding row
+    ``num_weights`` (outside the table, skipped by the optimizer kernels); else ``dedup_grad``."""
+    args = (grad, indices, num_weights, padding_idx, scale_grad_by_freq)
+    if uses_triton(grad) and pads_fused_rows(grad):
+        return kernel_module("grad").dedup_grad_padded(*args)
+    return _dedup_grad_impl(*args)
+
+
 @dedup_grad.register_fake
 def _(grad, indices, num_weights, padding_idx, scale_grad_by_freq):
     unique_count = torch.library.get_ctx().new_dynamic_size()
