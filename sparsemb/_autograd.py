@@ -13,6 +13,7 @@ code runs classic-style twins that share the same forward, backward and jvp.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 
 import torch
@@ -25,6 +26,7 @@ from sparsemb import _ops
 _FUSED_UPDATE = "_sparsemb_fused_update"  # callable(rows, values) run in backward
 _COALESCE_HOOK = "_sparsemb_coalesce_hook"  # True once the post-accumulate hook is registered
 _LAST_VALUES = "_sparsemb_last_values"  # (data_ptr, numel) of the values backward produced
+_PRODUCED_GRAD = "_sparsemb_produced_grad"  # weakref to the .grad that backward produced
 
 FusedUpdate = Callable[[Tensor, Tensor], None]
 
@@ -59,11 +61,22 @@ def keep_grad_coalesced(weight: Tensor) -> None:
 def _restore_coalesced_flag(weight: Tensor) -> None:
     grad, produced = weight.grad, getattr(weight, _LAST_VALUES, None)
     setattr(weight, _LAST_VALUES, None)
-    if grad is None or produced is None or not grad.is_sparse or grad.is_coalesced():
+    setattr(weight, _PRODUCED_GRAD, None)
+    if grad is None or produced is None or not grad.is_sparse:
         return
     values = grad._values()
     if values.data_ptr() == produced[0] and values.numel() == produced[1]:
         grad._coalesced_(True)
+        setattr(weight, _PRODUCED_GRAD, weakref.ref(grad))
+
+
+def grad_is_sparsemb_output(weight: Tensor) -> bool:
+    """True when ``weight.grad`` is, as an object, the sparse gradient sparsemb's backward
+    produced (not accumulated, not replaced): its rows are unique, ascending and inside the
+    table (the dedup drops any other), so an optimizer need not check them again (a host read).
+    A weak reference, so a later tensor at the same address is never mistaken for it."""
+    produced = getattr(weight, _PRODUCED_GRAD, None)
+    return produced is not None and weight.grad is not None and produced() is weight.grad
 
 
 def sparse_grad_tensor(unique: Tensor, values: Tensor, num_weights: int) -> Tensor:

@@ -138,7 +138,7 @@ def check_grad_rows(rows: Tensor, num_rows: int, what: Callable[[], str]) -> Non
     would write outside the weight (the CPU rules would raise half way through a table)."""
     if rows.numel() == 0:
         return
-    low, high = (int(x) for x in torch.aminmax(rows))
+    low, high = torch.stack(torch.aminmax(rows)).tolist()  # one host read
     if low < 0 or high >= num_rows:
         bad = low if low < 0 else high
         raise IndexError(

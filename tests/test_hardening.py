@@ -215,3 +215,25 @@ def test_meta_tensors_give_meta_results(backend, max_norm):
 def test_non_tensor_weight_is_a_type_error():
     with pytest.raises(TypeError, match="weight must be a torch.Tensor"):
         sparsemb.embedding(torch.tensor([0]), [[1.0, 2.0]])
+
+
+def test_optimizer_trusts_only_the_gradient_sparsemb_produced(backend):
+    """step() skips the row-range read for the very gradient sparsemb's backward produced (its
+    rows are inside the table by construction) and checks any other, before writing."""
+    from sparsemb._autograd import grad_is_sparsemb_output
+
+    weight = _table(backend).requires_grad_()
+    opt = sparsemb.optim.SparseSGD([weight], lr=0.1)
+    idx = torch.tensor([1, 3], device=backend.device)
+    sparsemb.embedding(idx, weight, sparse=True).sum().backward()
+    assert grad_is_sparsemb_output(weight)
+    opt.step()
+    bad = torch.sparse_coo_tensor(
+        torch.tensor([[1, 40]], device=backend.device), torch.ones(2, 3), weight.shape
+    )
+    weight.grad = bad
+    assert not grad_is_sparsemb_output(weight)
+    before = weight.detach().clone()
+    with pytest.raises(IndexError, match="40"):
+        opt.step()
+    assert torch.equal(weight.detach(), before)

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sparsemb._autograd import fused_update_of, set_fused_update
+from sparsemb._autograd import fused_update_of, grad_is_sparsemb_output, set_fused_update
 from sparsemb._backend import kernel_module, uses_triton
 from sparsemb._checks import check_common_options, check_grad_rows
 from sparsemb._dtypes import HALF_DTYPES, state_dtype
@@ -182,10 +182,11 @@ class SparseOptimizer(torch.optim.Optimizer):
             )
         if not grad.is_floating_point():
             raise ValueError(f"the gradient of {self._describe(group, index, p)} is {grad.dtype}")
-        check_grad_rows(
-            grad._indices()[0], p.shape[0],
-            lambda: f"the sparse gradient of {self._describe(group, index, p)}",
-        )
+        if not grad_is_sparsemb_output(p):  # sparsemb's own gradients hold only table rows
+            check_grad_rows(
+                grad._indices()[0], p.shape[0],
+                lambda: f"the sparse gradient of {self._describe(group, index, p)}",
+            )
         if not grad.is_coalesced():
             grad = grad.coalesce()
         return grad._indices()[0], grad._values()
