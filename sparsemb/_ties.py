@@ -33,8 +33,11 @@ class Uses:
 
 
 def is_table(module: nn.Module) -> bool:
-    """A lookup table: torch's or sparsemb's Embedding / EmbeddingBag."""
-    return isinstance(module, (nn.Embedding, nn.EmbeddingBag))
+    """A lookup table: torch's or sparsemb's Embedding / EmbeddingBag, or a module that says
+    it is one (``sparsemb_lookup = True``: the sharded tables)."""
+    return isinstance(module, (nn.Embedding, nn.EmbeddingBag)) or bool(
+        getattr(type(module), "sparsemb_lookup", False)
+    )
 
 
 def _storage_key(p: Tensor) -> tuple[str, int] | None:

@@ -553,3 +553,185 @@ def test_needs_a_process_group():
         pytest.skip("a process group is already running in this process")
     with pytest.raises(RuntimeError, match="init_process_group"):
         ShardedEmbedding(10, 4)
+
+
+# ----- ShardedEmbeddingBag: pooled lookups over the same shards (one world-2 run)
+
+BAG_ROWS, BAG_DIM, BAG_PAD = 29, 4, 3
+
+
+def _bag_batches(world, step, two_d, psw):
+    """Per rank (indices, offsets or None, per_sample_weights or None): empty bags, the padding
+    row, and row 7 on every rank (a cross-rank duplicate)."""
+    g = torch.Generator().manual_seed(60 + step)
+    batches = []
+    for _ in range(world):
+        offsets = None
+        if two_d:
+            idx = torch.randint(0, BAG_ROWS, (4, 3), generator=g)
+        else:
+            lengths = torch.randint(0, 5, (6,), generator=g)
+            lengths[1] = 0
+            idx = torch.randint(0, BAG_ROWS, (int(lengths.sum()),), generator=g)
+            offsets = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)[:-1]])
+        flat = idx.view(-1)
+        flat[::4] = BAG_PAD
+        if flat.numel() > 1:
+            flat[1] = 7
+        weights = torch.randint(-2, 3, idx.shape, generator=g).float() if psw else None
+        batches.append((idx, offsets, weights))
+    return batches
+
+
+def _concat_bags(batches):
+    """The ranks' bags as one batch for the unsharded table, in rank order."""
+    idx = torch.cat([b[0] for b in batches])
+    offsets = None
+    if batches[0][1] is not None:
+        starts = torch.tensor([0] + [b[0].numel() for b in batches[:-1]]).cumsum(0)
+        offsets = torch.cat([b[1] + s for b, s in zip(batches, starts.tolist(), strict=True)])
+    weights = None if batches[0][2] is None else torch.cat([b[2] for b in batches])
+    return idx, offsets, weights
+
+
+def _bag_parity(rank, world, mode, *, two_d=False, psw=False, include_last_offset=False,
+                row_map=None, optim="sgd", max_norm=None, steps=2):
+    """Outputs, per-sample-weight gradients and trained tables equal an unsharded
+    sparsemb.EmbeddingBag trained on the concatenated batch with the ranks' losses summed."""
+    from sparsemb.distributed import ShardedEmbeddingBag
+
+    full = _table(BAG_ROWS, BAG_DIM, seed=6) * (3 if max_norm else 1)
+    options = dict(freeze=False, mode=mode, padding_idx=BAG_PAD, max_norm=max_norm,
+                   sparse=optim != "torch_sgd")
+    table = ShardedEmbeddingBag.from_pretrained(
+        full.clone(), include_last_offset=include_last_offset, row_map=row_map, **options)
+    ref = sparsemb.EmbeddingBag.from_pretrained(full.clone(), **options)
+    if optim == "torch_sgd":
+        opt, ref_opt = (torch.optim.SGD(t.parameters(), lr=0.5) for t in (table, ref))
+    elif optim == "fused":
+        opt = SparseAware(_Holder(table), sparse="sgd", dense=torch.optim.SGD, lr=0.5,
+                          fused_backward=True)
+        assert table.weight in opt.sparse_optimizer.param_groups[0]["params"]
+        ref_opt = SparseSGD(ref.parameters(), lr=0.5)
+    else:
+        opt, ref_opt = SparseSGD(table.parameters(), lr=0.5), SparseSGD(ref.parameters(), lr=0.5)
+    for step in range(steps):
+        batches = _bag_batches(world, step, two_d, psw)
+        idx, offsets, weights = (None if t is None else t.clone() for t in batches[rank])
+        if include_last_offset:
+            offsets = torch.cat([offsets, torch.tensor([idx.numel()])])
+        if psw:
+            weights.requires_grad_()
+        out = table(idx, offsets, weights)
+        ref_idx, ref_offsets, ref_weights = _concat_bags(batches)
+        if psw:
+            ref_weights.requires_grad_()
+        ref_out = ref(ref_idx, ref_offsets, ref_weights)
+        bags = [b[0].shape[0] if two_d else b[1].numel() for b in batches]
+        torch.testing.assert_close(out, ref_out.split(bags)[rank])
+        target = torch.randint(-3, 4, (sum(bags), BAG_DIM),
+                               generator=torch.Generator().manual_seed(70 + step)).float()
+        (out * target.split(bags)[rank]).sum().backward()
+        (ref_out * target).sum().backward()
+        if psw:
+            lengths = [b[0].shape[0] for b in batches]
+            torch.testing.assert_close(weights.grad, ref_weights.grad.split(lengths)[rank])
+        opt.step(); ref_opt.step(); opt.zero_grad(); ref_opt.zero_grad()  # noqa: E702
+        if optim == "fused":
+            assert table.weight.grad is None  # the update ran inside backward
+        got = table.full_weight()
+        torch.testing.assert_close(got, ref.weight.detach(), msg=f"{mode} step {step}")
+        if max_norm is None:
+            assert torch.equal(got[BAG_PAD], full[BAG_PAD]), "padding row moved"
+
+
+def scenario_bag_parity(rank, world):
+    _bag_parity(rank, world, "sum", psw=True, include_last_offset=True)
+    _bag_parity(rank, world, "mean", optim="torch_sgd")
+    row_map = torch.randint(0, world, (BAG_ROWS,), generator=torch.Generator().manual_seed(8))
+    _bag_parity(rank, world, "max", two_d=True, row_map=row_map, max_norm=1.5)
+    _bag_parity(rank, world, "sum", two_d=True, psw=True, optim="fused")
+    _bag_parity(rank, world, "mean", optim="fused", max_norm=1.5)
+    return True
+
+
+def scenario_bag_errors(rank, world):
+    """A bad index or bad offsets on rank 1 raise on every rank before anything is written
+    (max_norm would renorm); the group then still works."""
+    from sparsemb.distributed import ShardedEmbeddingBag
+
+    table = ShardedEmbeddingBag.from_pretrained(_table(10, 4, seed=2) * 3, freeze=False,
+                                                max_norm=1.0, mode="sum", sparse=True)
+    before = table.weight.detach().clone()
+    idx, offsets = (torch.tensor([1, 2, 9]), torch.tensor([0, 1])) if rank != 1 else (
+        torch.tensor([0, 10, 4]), torch.tensor([0, 2]))
+    with pytest.raises(IndexError) as info:
+        table(idx, offsets)
+    message = str(info.value)
+    assert ("index 10 is out of range" in message) if rank == 1 else ("rank(s) [1]" in message)
+    bad_offsets = torch.tensor([0, 5]) if rank == 1 else torch.tensor([0, 2])
+    expected = ValueError if rank == 1 else IndexError
+    with pytest.raises(expected, match="offsets" if rank == 1 else "rank\\(s\\) \\[1\\]"):
+        table(torch.tensor([1, 2, 3]), bad_offsets)
+    assert torch.equal(table.weight.detach(), before), "a rejected lookup wrote the table"
+    assert table(torch.tensor([rank, 9]), torch.tensor([0, 1])).shape == (2, 4)
+    with pytest.raises(ValueError, match="scale_grad_by_freq"):
+        ShardedEmbeddingBag(10, 4, scale_grad_by_freq=True)
+    with pytest.raises(ValueError, match="mode"):
+        ShardedEmbeddingBag(10, 4, mode="avg")
+    with pytest.raises(NotImplementedError, match="per_sample_weights"):  # local: no collective
+        ShardedEmbeddingBag(10, 4, mode="max")(torch.tensor([[1]]), None, torch.ones(1, 1))
+    return True
+
+
+def scenario_bag_checkpoint(rank, world, ckpt):
+    """sharded_state_dict / load_sharded_state_dict on a bag table with Adam state: saved,
+    loaded into a fresh (different) table, equal bit for bit."""
+    import torch.distributed.checkpoint as dcp
+
+    from sparsemb.distributed import ShardedEmbeddingBag
+
+    model = _Holder(ShardedEmbeddingBag.from_pretrained(
+        _table(CKPT_ROWS, CKPT_DIM, seed=9), freeze=False, mode="sum", sparse=True))
+    opt = SparseAdam(model.parameters(), lr=CKPT_LR)
+    _train_step(model, opt, _ckpt_batches(world, 0).unsqueeze(-1), rank)  # 2-D: bags of one
+    saved = _full_state(model, opt)
+    dcp.save(sharded_state_dict(model, opt), checkpoint_id=ckpt)
+    torch.manual_seed(rank + 300)
+    fresh = _Holder(ShardedEmbeddingBag(CKPT_ROWS, CKPT_DIM, mode="sum", sparse=True))
+    fresh_opt = SparseAdam(fresh.parameters(), lr=CKPT_LR)
+    state = sharded_state_dict(fresh, fresh_opt)
+    dcp.load(state, checkpoint_id=ckpt)
+    load_sharded_state_dict(fresh, fresh_opt, state)
+    _assert_states_equal(_full_state(fresh, fresh_opt), saved)
+    return saved
+
+
+@pytest.fixture(scope="module")
+def world2_bag(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dist")
+    plan = [("scenario_bag_parity", {}), ("scenario_bag_errors", {}),
+            ("scenario_bag_checkpoint", {"ckpt": str(root / "ckpt-bag")})]
+    return launch(plan, 2, root / "world2-bag"), root / "ckpt-bag"
+
+
+def test_bag_parity_world2(world2_bag):
+    assert all(results_of(world2_bag[0], "scenario_bag_parity"))
+
+
+def test_bag_bad_index_and_offsets_raise_on_every_rank(world2_bag):
+    assert all(results_of(world2_bag[0], "scenario_bag_errors"))
+
+
+def test_bag_checkpoint_round_trip_and_into_one_process(world2_bag):
+    """The world-2 bag checkpoint also loads into a single-process sparsemb.EmbeddingBag."""
+    import torch.distributed.checkpoint as dcp
+
+    saved = results_of(world2_bag[0], "scenario_bag_checkpoint")
+    assert _same(saved[0], saved[1])
+    single = _Holder(sparsemb.EmbeddingBag(CKPT_ROWS, CKPT_DIM, mode="sum", sparse=True))
+    opt = SparseAdam(single.parameters(), lr=CKPT_LR)
+    state = sharded_state_dict(single, opt)
+    dcp.load(state, checkpoint_id=str(world2_bag[1]))
+    load_sharded_state_dict(single, opt, state)
+    _assert_states_equal(_full_state(single, opt), saved[0])

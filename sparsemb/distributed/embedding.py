@@ -29,6 +29,20 @@ from sparsemb.functional import embedding
 GRAD_REDUCTIONS = ("sum", "mean")
 
 
+def pretrained_shard(embeddings: Tensor, options: dict) -> Tensor:
+    """This rank's rows (a copy) of the full (V, D) table ``embeddings``, for the layout that
+    ``options`` (a sharded table's ``process_group`` and ``row_map`` keywords) gives."""
+    if not isinstance(embeddings, Tensor) or embeddings.dim() != 2:
+        raise ValueError("embeddings must be a 2-D tensor (the full table)")
+    group = options.get("process_group")
+    world, rank = dist.get_world_size(group), dist.get_rank(group)
+    row_map = options.get("row_map")
+    num = embeddings.shape[0]
+    layout = RowLayout.blocks(num, world) if row_map is None else RowLayout.from_map(
+        row_map, world)
+    return embeddings.detach()[layout.rows_of(rank).to(embeddings.device)].clone()
+
+
 class ShardedEmbedding(nn.Module):
     """An embedding table whose rows live on the ranks of ``process_group`` (default: WORLD).
 
@@ -115,15 +129,8 @@ class ShardedEmbedding(nn.Module):
         **options,
     ) -> ShardedEmbedding:
         """Every rank passes the full (V, D) table and keeps a copy of its own rows."""
-        if not isinstance(embeddings, Tensor) or embeddings.dim() != 2:
-            raise ValueError("embeddings must be a 2-D tensor (the full table)")
+        local = pretrained_shard(embeddings, options)
         num, dim = embeddings.shape
-        group = options.get("process_group")
-        world, rank = dist.get_world_size(group), dist.get_rank(group)
-        row_map = options.get("row_map")
-        layout = RowLayout.blocks(num, world) if row_map is None else RowLayout.from_map(
-            row_map, world)
-        local = embeddings.detach()[layout.rows_of(rank).to(embeddings.device)].clone()
         return cls(num, dim, padding_idx, max_norm, norm_type, sparse, _weight=local,
                    _freeze=freeze, **options)
 
@@ -136,27 +143,48 @@ class ShardedEmbedding(nn.Module):
         return int(local) if int(owner) == self.rank else None
 
     def forward(self, input: Tensor) -> Tensor:
+        flat = self._flat_indices(input)
+        rows, inverse, _ = self._fetch_unique(flat)
+        out = embedding(inverse, rows, bounds_check="none")
+        return out.view(*input.shape, self.embedding_dim)
+
+    def _flat_indices(self, input: Tensor) -> Tensor:
+        """``input`` as flat int64 indices, after the checks that read no values."""
         if not isinstance(input, Tensor) or input.dtype not in INDEX_DTYPES:
             raise TypeError("indices must be an int32 or int64 tensor")
+        if input.device != self.weight.device:
+            raise ValueError(f"indices are on {input.device} but the shard is on "
+                             f"{self.weight.device}")
+        return input.reshape(-1).to(torch.int64)
+
+    def _fetch_unique(
+        self, flat: Tensor, error: Exception | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """(rows, inverse, unique): the batch's unique rows fetched from their owners (steps 1-4
+        above; differentiable: their gradient goes back to the owners), ``rows[inverse]`` being
+        the batch's rows and ``unique`` the global ids of ``rows``. A collective.
+
+        ``error``: a problem the caller found in its arguments' values (bad offsets); like a bad
+        index, it makes every rank raise (this rank raises ``error``) before anything is written.
+        """
         device = self.weight.device
-        if input.device != device:
-            raise ValueError(f"indices are on {input.device} but the shard is on {device}")
-        flat = input.reshape(-1).to(torch.int64)
         out_of_range = (flat < 0) | (flat >= self.num_embeddings)
-        bad = bool(out_of_range.any())
+        bad = error is not None or bool(out_of_range.any())
         if bad:  # still join the count exchange, so the other ranks learn it and raise too
-            inverse = local = flat.new_empty(0)
+            unique = inverse = local = flat.new_empty(0)
             send_counts = torch.zeros(self.world_size, dtype=torch.int64, device=device)
         else:
             unique, inverse = torch.unique(flat, sorted=True, return_inverse=True)
             owner, local = self.layout.owner_and_local(unique)
             if not self.layout.is_blocks:  # sorted ids are grouped by owner only for blocks
                 order = torch.argsort(owner, stable=True)
-                owner, local = owner[order], local[order]
+                owner, local, unique = owner[order], local[order], unique[order]
                 inverse = torch.argsort(order)[inverse]
             send_counts = torch.bincount(owner, minlength=self.world_size)
         recv_counts, bad_ranks = exchange_counts(send_counts, bad, self.group)
         if bad_ranks:
+            if error is not None:
+                raise error
             if bad:
                 value = int(flat[out_of_range][0])
                 raise IndexError(
@@ -164,8 +192,9 @@ class ShardedEmbedding(nn.Module):
                     f"{self.num_embeddings} rows (rank {self.rank}); no rank looked anything up"
                 )
             raise IndexError(
-                f"rank(s) {bad_ranks} looked up an index outside [0, {self.num_embeddings}); "
-                f"the lookup was abandoned on every rank (rank {self.rank} here)"
+                f"rank(s) {bad_ranks} looked up an index outside [0, {self.num_embeddings}) "
+                f"or passed bad offsets; the lookup was abandoned on every rank (rank "
+                f"{self.rank} here)"
             )
         send_splits = send_counts.tolist()
         wanted = exchange(local, send_splits, recv_counts, self.group)
@@ -175,8 +204,7 @@ class ShardedEmbedding(nn.Module):
         )
         scale = 1.0 / self.world_size if self.grad_reduction == "mean" else 1.0
         mine = ExchangeRows.apply(rows, recv_counts, send_splits, self.group, scale)
-        out = embedding(inverse, mine, bounds_check="none")
-        return out.view(*input.shape, self.embedding_dim)
+        return mine, inverse, unique
 
     @torch.no_grad()
     def full_weight(self) -> Tensor:
