@@ -195,9 +195,9 @@ def _psw_grad_kernel(
 
 
 def _grid(num_bags: int, dim: int, column_blocks: bool = True):
-    block_d, bags = launch_shape(dim)
+    block_d, bags, num_warps = launch_shape(dim)
     columns = triton.cdiv(max(dim, 1), block_d) if column_blocks else 1
-    return (triton.cdiv(num_bags, bags), columns), block_d, bags
+    return (triton.cdiv(num_bags, bags), columns), block_d, bags, num_warps
 
 
 def bag_forward(weight, indices, offsets, per_sample_weights, mode, padding_idx, check_bounds):
@@ -212,13 +212,13 @@ def bag_forward(weight, indices, offsets, per_sample_weights, mode, padding_idx,
     if num_bags == 0 or dim == 0:
         return out, argmax, bad
     psw = per_sample_weights.contiguous() if per_sample_weights is not None else out
-    grid, block_d, bags = _grid(num_bags, dim)
+    grid, block_d, bags, num_warps = _grid(num_bags, dim)
     _bag_forward_kernel[grid](
         weight, indices, offsets, psw, out, argmax if mode == 2 else out,
         bad if bad is not None else out, num_bags, num_rows, dim,
         weight.stride(0), weight.stride(1), indices.stride(0), padding_idx,
         MODE=mode, HAS_PSW=per_sample_weights is not None, CHECK=check_bounds,
-        BAGS=bags, BLOCK_D=block_d,
+        BAGS=bags, BLOCK_D=block_d, num_warps=num_warps,
     )  # fmt: skip
     return out, argmax, bad
 
@@ -232,11 +232,12 @@ def expand_grad(grad, indices, offsets, per_sample_weights, argmax, mode, paddin
         return out
     grad = grad.contiguous()
     psw = per_sample_weights.contiguous() if per_sample_weights is not None else grad
-    grid, block_d, bags = _grid(num_bags, dim)
+    grid, block_d, bags, num_warps = _grid(num_bags, dim)
     _expand_grad_kernel[grid](
         grad, indices, offsets, psw, argmax if mode == 2 else grad, out, num_bags, dim,
         indices.stride(0), padding_idx,
         MODE=mode, HAS_PSW=per_sample_weights is not None, BAGS=bags, BLOCK_D=block_d,
+        num_warps=num_warps,
     )  # fmt: skip
     return out
 
@@ -248,10 +249,10 @@ def per_sample_weights_grad(grad, weight, indices, offsets, padding_idx):
     if num_bags == 0 or n == 0:
         return out
     grad = grad.contiguous()
-    grid, block_d, bags = _grid(num_bags, dim, column_blocks=False)
+    grid, block_d, bags, num_warps = _grid(num_bags, dim, column_blocks=False)
     _psw_grad_kernel[grid](
         grad, weight, indices, offsets, out, num_bags, dim,
         weight.stride(0), weight.stride(1), indices.stride(0), padding_idx,
-        BAGS=bags, BLOCK_D=block_d,
+        BAGS=bags, BLOCK_D=block_d, num_warps=num_warps,
     )  # fmt: skip
     return out
