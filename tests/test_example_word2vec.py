@@ -119,7 +119,8 @@ def test_recipe_sets_its_options_and_explicit_options_win(example):
 def test_linear_schedule_trains_and_ends_at_the_floor(example, tmp_path, one_thread):
     out = tmp_path / "out"
     argv = ["--smoke", "--corpus", str(tiny_corpus(tmp_path / "corpus.txt")), "--out", str(out),
-            "--epochs", "3", "--batch-size", "64", "--lr-schedule", "linear", "--min-lr-ratio", "0.1", *one_thread]
+            "--epochs", "3", "--batch-size", "64", "--lr-schedule", "linear",
+            "--min-lr-ratio", "0.1", *one_thread]
     summary = example.main(argv)
     check_run(summary, out, "sparsemb")
     assert summary["lr_schedule"] == "linear" and summary["epochs"] == 3
