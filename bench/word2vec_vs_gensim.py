@@ -97,7 +97,8 @@ def run_sparsemb(example, corpus: Path, args, out: Path) -> dict:
             str(args.dim), "--window", str(args.window), "--negatives", str(args.negatives),
             "--min-count", str(args.min_count), "--sample", str(args.sample), "--batch-size",
             str(args.batch_size), "--lr", str(args.lr), "--out", str(out), "--seed",
-            str(args.seed), "--no-progress", "--threads", str(args.threads)]
+            str(args.seed), "--no-progress", "--threads", str(args.threads), "--optimizer",
+            args.optimizer, "--lr-schedule", args.lr_schedule]
     if args.fused_backward:
         argv.append("--fused-backward")
     summary = example.main(argv)
@@ -105,7 +106,8 @@ def run_sparsemb(example, corpus: Path, args, out: Path) -> dict:
     return {"provider": "sparsemb", "epochs": summary["epochs"],
             "train_seconds": summary["train_seconds"], "threads": summary["threads"],
             "steps": summary["steps"], "steps_per_s": summary["steps_per_s"],
-            "batch_size": args.batch_size, "lr": args.lr, "fused_backward": args.fused_backward,
+            "batch_size": args.batch_size, "lr": args.lr, "optimizer": args.optimizer,
+            "lr_schedule": args.lr_schedule, "fused_backward": args.fused_backward,
             "tokens": summary["tokens"], "vocab_size": summary["vocab_size"], **evaluate(vectors)}
 
 
@@ -117,6 +119,8 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int, default=1, help="sparsemb's torch CPU threads")
     p.add_argument("--batch-size", type=int, default=4096)
     p.add_argument("--lr", type=float, default=0.005)
+    p.add_argument("--optimizer", choices=("adam", "adagrad", "sgd"), default="adam")
+    p.add_argument("--lr-schedule", choices=("constant", "linear"), default="constant")
     p.add_argument("--fused-backward", action="store_true")
     p.add_argument("--skip", choices=("gensim", "sparsemb"), help="run one side only")
     p.add_argument("--dim", type=int, default=100)

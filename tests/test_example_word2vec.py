@@ -97,3 +97,32 @@ def test_epochs_and_fused_backward(example, tmp_path, one_thread):
     assert runs[True]["losses"] == pytest.approx(runs[False]["losses"], rel=1e-4, abs=1e-5)
     with pytest.raises(SystemExit):
         example.main(["--epochs", "0", *one_thread])
+
+
+def test_linear_lr_falls_to_the_floor(example):
+    lrs = [example.linear_lr(0.02, 0.01, step, 100) for step in (0, 50, 99, 100, 150)]
+    assert lrs[0] == 0.02 and lrs[1] == pytest.approx(0.01)
+    assert lrs[2] == pytest.approx(0.0002) and lrs[3] == lrs[4] == pytest.approx(0.0002)
+
+
+def test_recipe_sets_its_options_and_explicit_options_win(example):
+    args = example.parse_args(["--recipe", "gensim"])
+    for name, value in example.RECIPES["gensim"].items():
+        assert getattr(args, name) == value
+    args = example.parse_args(["--recipe", "gensim", "--epochs", "2", "--lr", "0.01"])
+    assert (args.epochs, args.lr, args.batch_size) == (2, 0.01, 4096)
+    assert not example.parse_args(["--recipe", "gensim", "--baseline", "torch"]).fused_backward
+    with pytest.raises(SystemExit):
+        example.parse_args(["--min-lr-ratio", "2"])
+
+
+def test_linear_schedule_trains_and_ends_at_the_floor(example, tmp_path, one_thread):
+    out = tmp_path / "out"
+    argv = ["--smoke", "--corpus", str(tiny_corpus(tmp_path / "corpus.txt")), "--out", str(out),
+            "--epochs", "3", "--batch-size", "64", "--lr-schedule", "linear",
+            "--min-lr-ratio", "0.1", *one_thread]
+    summary = example.main(argv)
+    check_run(summary, out, "sparsemb")
+    assert summary["lr_schedule"] == "linear" and summary["epochs"] == 3
+    # epochs differ a little in pairs (subsampling): the last step is near the schedule's end
+    assert 0.02 * 0.1 <= summary["final_lr"] < 0.02 * 0.15
