@@ -59,7 +59,7 @@ def _case(label, module, kernel, pointers, constexprs, num_warps, floats=(), one
 
 def cases() -> list[dict]:
     """Representative specialisations of every kernel, with the launchers' own tiles."""
-    from sparsemb.kernels import gather, grad, optim, renorm
+    from sparsemb.kernels import bag, gather, grad, optim, renorm
 
     out = []
     for dtype in ("float32", "bfloat16", "float16"):
@@ -80,6 +80,26 @@ def cases() -> list[dict]:
                 out.append(_case(f"{case['label']} {dtype} D={dim}", "grad", **case["spec"]))
             for case in optim.compile_cases(dim, ptr):
                 out.append(_case(f"{case['label']} {dtype} D={dim}", "optim", **case["spec"]))
+            b = bag.launch_shape(dim)
+            bag_tile = {"BAGS": b.rows, "BLOCK_D": b.block_d}
+            for mode, psw in ((0, True), (2, False)):  # sum with per-sample weights, max
+                out.append(_case(f"bag forward mode={mode} {dtype} D={dim}", "bag",
+                                 "_bag_forward_kernel",
+                                 {"weight_ptr": ptr, "indices_ptr": "*i64", "offsets_ptr": "*i64",
+                                  "psw_ptr": ptr, "out_ptr": ptr, "argmax_ptr": "*i64",
+                                  "bad_ptr": "*i32"},
+                                 {"MODE": mode, "HAS_PSW": psw, "CHECK": True, **bag_tile},
+                                 b.num_warps, ones=("stride_wd", "stride_i")))
+                out.append(_case(f"bag expand mode={mode} {dtype} D={dim}", "bag",
+                                 "_expand_grad_kernel",
+                                 {"grad_ptr": ptr, "indices_ptr": "*i64", "offsets_ptr": "*i64",
+                                  "psw_ptr": ptr, "argmax_ptr": "*i64", "out_ptr": ptr},
+                                 {"MODE": mode, "HAS_PSW": psw, **bag_tile}, b.num_warps,
+                                 ones=("stride_i",)))
+            out.append(_case(f"bag psw grad {dtype} D={dim}", "bag", "_psw_grad_kernel",
+                             {"grad_ptr": ptr, "weight_ptr": ptr, "indices_ptr": "*i64",
+                              "offsets_ptr": "*i64", "out_ptr": ptr},
+                             bag_tile, b.num_warps, ones=("stride_wd", "stride_i")))
     for dim in (100, 128):  # a strided (transposed) table: column stride is not 1
         t = gather.launch_shape(dim)
         out.append(_case(f"gather strided float32 D={dim}", "gather", "_gather_kernel",

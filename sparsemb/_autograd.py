@@ -100,6 +100,13 @@ def under_functorch(*tensors: Tensor) -> bool:
     )
 
 
+def unwrap_functorch(tensor: Tensor) -> Tensor:
+    """The plain tensor under every functorch wrapper (all of a vmap's batch at once)."""
+    while torch._C._functorch.is_functorch_wrapped_tensor(tensor):
+        tensor = torch._C._functorch.get_unwrapped(tensor)
+    return tensor
+
+
 # ----- the chooser
 
 

@@ -131,16 +131,24 @@ def check_common_options(options: dict[str, Any]) -> None:
         raise ValueError(f"seed must be an int or None, got {seed!r}")
 
 
-def check_grad_rows(rows: Tensor, num_rows: int, what: Callable[[], str]) -> None:
-    """IndexError naming the first bad value when a row lies outside ``[0, num_rows)``.
+def value_outside(values: Tensor, num_rows: int) -> int | None:
+    """The lowest negative or the highest too-large value of ``values`` (rows or indices), or
+    None when all lie in ``[0, num_rows)``. One reduction and one host read; meta tensors hold no
+    values, so they pass."""
+    if values.numel() == 0 or values.is_meta:
+        return None
+    low, high = torch.stack(torch.aminmax(values)).tolist()
+    if low < 0:
+        return low
+    return high if high >= num_rows else None
 
-    One reduction and one host read: a row outside the table must not reach the kernels, which
-    would write outside the weight (the CPU rules would raise half way through a table)."""
-    if rows.numel() == 0:
-        return
-    low, high = torch.stack(torch.aminmax(rows)).tolist()  # one host read
-    if low < 0 or high >= num_rows:
-        bad = low if low < 0 else high
+
+def check_grad_rows(rows: Tensor, num_rows: int, what: Callable[[], str]) -> None:
+    """IndexError naming the first bad value when a row lies outside ``[0, num_rows)``: such a
+    row must not reach the kernels, which would write outside the weight (the CPU rules would
+    raise half way through a table)."""
+    bad = value_outside(rows, num_rows)
+    if bad is not None:
         raise IndexError(
             f"row {bad} of {what()} is outside the table's rows [0, {num_rows}); nothing was "
             "updated"
@@ -227,7 +235,8 @@ def check_offsets_values(offsets: Tensor, num_indices: int, include_last_offset:
         raise ValueError("include_last_offset=True needs at least one offset (the end)")
     if offsets.numel() == 0 or offsets.is_meta:
         return
-    first, last = int(offsets[0]), int(offsets[-1])
+    decreasing = (offsets[1:] < offsets[:-1]).any().to(offsets.dtype)
+    first, last, decreasing = torch.stack([offsets[0], offsets[-1], decreasing]).tolist()
     if first != 0:
         raise ValueError(f"offsets[0] has to be 0 (the first bag starts at 0), got {first}")
     if last > num_indices:
@@ -241,7 +250,7 @@ def check_offsets_values(offsets: Tensor, num_indices: int, include_last_offset:
             f"with include_last_offset=True, offsets[-1] must equal the input's length "
             f"{num_indices} (it ends the last bag), got {last}"
         )
-    if offsets.numel() > 1 and bool((offsets[1:] < offsets[:-1]).any()):
+    if decreasing:
         step = int(torch.nonzero(offsets[1:] < offsets[:-1])[0, 0])
         raise ValueError(
             f"offsets must be non-decreasing, got offsets[{step}]={int(offsets[step])} > "

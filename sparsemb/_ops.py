@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from sparsemb._backend import kernel_module, uses_triton
+from sparsemb._checks import value_outside
 from sparsemb.torch_backend import bag as torch_bag
 from sparsemb.torch_backend import gather as torch_gather
 from sparsemb.torch_backend import grad as torch_grad
@@ -25,20 +26,15 @@ from sparsemb.torch_backend import renorm as torch_renorm
 
 
 def check_index_range(indices: Tensor, num_embeddings: int) -> None:
-    """Raise IndexError naming the first offending value if an index is outside the table.
-
-    Meta tensors hold no values, so there is nothing to check (model init on ``meta``)."""
-    if indices.numel() == 0 or indices.is_meta:
-        return
-    low, high = torch.aminmax(indices)
-    low, high = int(low), int(high)
-    if low < 0:
+    """Raise IndexError naming the first offending value if an index is outside the table."""
+    bad = value_outside(indices, num_embeddings)
+    if bad is not None and bad < 0:
         raise IndexError(
-            f"index {low} is negative; indices must lie in [0, num_embeddings={num_embeddings})"
+            f"index {bad} is negative; indices must lie in [0, num_embeddings={num_embeddings})"
         )
-    if high >= num_embeddings:
+    if bad is not None:
         raise IndexError(
-            f"index {high} is out of range for num_embeddings={num_embeddings} "
+            f"index {bad} is out of range for num_embeddings={num_embeddings} "
             f"(valid indices are 0..{num_embeddings - 1})"
         )
 

@@ -62,12 +62,5 @@ def _lookup_under_functorch(
     formulation, whose batching and forward-AD rules the transforms know. Gradients are dense
     there (torch's sparse embedding gradient fails under these transforms)."""
     if check_bounds:
-        _ops.check_index_range(_unwrap_functorch(input), weight.shape[0])
+        _ops.check_index_range(_autograd.unwrap_functorch(input), weight.shape[0])
     return F.embedding(input, weight, padding_idx, max_norm, norm_type, scale_grad_by_freq)
-
-
-def _unwrap_functorch(tensor: Tensor) -> Tensor:
-    """The plain tensor under every functorch wrapper (all of a vmap's batch at once)."""
-    while torch._C._functorch.is_functorch_wrapped_tensor(tensor):
-        tensor = torch._C._functorch.get_unwrapped(tensor)
-    return tensor

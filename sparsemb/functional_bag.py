@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from sparsemb import _autograd_bag, _ops
-from sparsemb._autograd import under_functorch
+from sparsemb._autograd import under_functorch, unwrap_functorch
 from sparsemb._checks import (
     bag_mode,
     check_bag_args,
@@ -49,10 +49,11 @@ def embedding_bag(
     padding = normalize_padding_idx(padding_idx, weight.shape[0])
     check_bounds = bounds_check == "raise"
     if under_functorch(input, weight, *(t for t in (offsets, per_sample_weights) if t is not None)):
+        # torch's own formulation, dense gradients (as sparsemb.embedding under torch.func)
         if check_bounds:
-            _ops.check_index_range(_unwrap(input), weight.shape[0])
+            _ops.check_index_range(unwrap_functorch(input), weight.shape[0])
         return F.embedding_bag(
-            input, weight, offsets, max_norm, norm_type, scale_grad_by_freq, mode, sparse,
+            input, weight, offsets, max_norm, norm_type, scale_grad_by_freq, mode, False,
             per_sample_weights, include_last_offset, padding_idx,
         )  # fmt: skip
     flat, bag_offsets = bag_layout(input, offsets, include_last_offset)
@@ -87,9 +88,3 @@ def bag_layout(
         end = bag_offsets.new_full((1,), input.shape[0])
         bag_offsets = torch.cat([bag_offsets, end])
     return input, bag_offsets
-
-
-def _unwrap(tensor: Tensor) -> Tensor:
-    while torch._C._functorch.is_functorch_wrapped_tensor(tensor):
-        tensor = torch._C._functorch.get_unwrapped(tensor)
-    return tensor
