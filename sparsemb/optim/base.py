@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from sparsemb import _memory
 from sparsemb._autograd import fused_update_of, grad_is_sparsemb_output, set_fused_update
 from sparsemb._backend import kernel_module, uses_triton
 from sparsemb._checks import check_common_options, check_grad_rows
@@ -123,8 +124,8 @@ class SparseOptimizer(torch.optim.Optimizer):
     def _init_state(self, group: dict[str, Any], p: Tensor, state: dict[str, Any]) -> None:
         state["step"] = 0
         for name in self._state_names:
-            state[name] = torch.zeros(
-                self._state_shape(p), dtype=state_dtype(p.dtype), device=p.device
+            state[name] = _memory.zeros(  # huge pages: rows are read at random
+                *self._state_shape(p), dtype=state_dtype(p.dtype), device=p.device
             )
 
     def _check_state(self, group: dict[str, Any], index: int, p: Tensor) -> None:
@@ -269,6 +270,8 @@ class SparseOptimizer(torch.optim.Optimizer):
         state = self.state[p]
         if not state:
             self._init_state(group, p, state)
+            # its rows are read and written at random from now on: huge pages (CPU, once)
+            _memory.collapse_to_huge_pages(p.detach())
         state["step"] += 1
         self._update(group, p, state, rows, values, backend, self._sr_seed(group, p, state["step"]))
 

@@ -10,9 +10,9 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-import torch
 from torch import Tensor
 
+from sparsemb import _memory
 from sparsemb._checks import check_betas, check_common_options, check_non_negative
 from sparsemb._dtypes import state_dtype
 from sparsemb.optim.base import SparseOptimizer
@@ -77,10 +77,9 @@ class SparseAdagrad(SparseOptimizer):
 
     def _init_state(self, group: dict[str, Any], p: Tensor, state: dict[str, Any]) -> None:
         state["step"] = 0
-        state["sum"] = torch.full(
-            tuple(p.shape), float(group["initial_accumulator_value"]),
-            dtype=state_dtype(p.dtype), device=p.device,
-        )
+        state["sum"] = _memory.empty(  # huge pages: rows are read at random
+            *p.shape, dtype=state_dtype(p.dtype), device=p.device
+        ).fill_(float(group["initial_accumulator_value"]))
 
     def _update(self, group, p, state, rows, values, backend, sr_seed) -> None:  # noqa: ANN001
         clr = group["lr"] / (1 + (state["step"] - 1) * group["lr_decay"])

@@ -4,8 +4,9 @@ Every ``*_update_`` function takes a table ``weight`` (V, D), the unique rows ``
 of a coalesced gradient and its ``values`` (U, D), the optimizer state tensors and the scalars the
 optimizer computed on the host, and writes only the rows in ``rows`` of weight and state: in
 blocks of rows sized for the cache, each state and the weight are gathered once
-(``index_select``), updated in place and copied back with ``index_copy_`` (rows are unique).
-Plain SGD, which reads nothing else, adds its update with ``index_add_`` as torch does.
+(``index_select``), updated in place and copied back with ``index_copy_`` (rows are unique);
+SGD too, although ``index_add_`` would do in one call: on CPU it adds row by row (~370 ns a row
+at D=128 on a 2-core VM, against ~250 ns for gather, add and copy back), with the same bits.
 
 Arithmetic runs in the state dtype (float32 for float32/bfloat16/float16 tables, float64 for
 float64 ones) in the order torch.optim's sparse code uses, so on float32 tables the results equal
@@ -123,9 +124,6 @@ def sgd_update_(
 ) -> None:
     """w += -lr * (g + weight_decay * w) on the touched rows (torch.optim.SGD's order)."""
     if _skip(weight, rows):
-        return
-    if weight_decay == 0 and weight.dtype == state_dtype(weight.dtype):
-        weight.index_add_(0, rows, values.to(weight.dtype), alpha=neg_lr)  # one pass, no gather
         return
     for r, vals in _blocks(rows, values, sr_seed):
         g, w = _grad(weight, r, vals, weight_decay)

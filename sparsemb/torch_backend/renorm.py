@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from sparsemb._dtypes import state_dtype
+from sparsemb.torch_backend.grad import sort_keys
 
 RENORM_EPS = 1e-7  # torch adds this to the norm before dividing: scale = max_norm / (norm + eps)
 
@@ -27,7 +28,8 @@ def renorm_scales(norms: Tensor, max_norm: float) -> Tensor:
 
 def renorm_(weight: Tensor, indices: Tensor, max_norm: float, norm_type: float) -> None:
     """Rescale, in place, each unique looked-up row whose norm exceeds max_norm."""
-    rows_ids = torch.unique(indices).to(torch.int64)  # index_copy_ takes int64 only
+    num_rows = weight.shape[0]
+    rows_ids = torch.unique(sort_keys(indices, num_rows)).to(torch.int64)  # index_copy_: int64
     if rows_ids.numel() == 0 or weight.shape[1] == 0:
         return
     rows = weight.index_select(0, rows_ids)

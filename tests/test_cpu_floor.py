@@ -1,0 +1,145 @@
+"""The CPU path's speed work keeps the numbers: the segment sum, int32 sort keys, huge pages and
+the output pool change how memory is used, never a value (issue 13)."""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+import torch
+
+import sparsemb
+from sparsemb import _memory
+from sparsemb.torch_backend import grad as torch_grad
+
+
+def _index_add_reference(grad, indices, num_weights, padding_idx, scale):
+    """The previous formulation: zeros(U, D).index_add_ in batch order (sequential sums)."""
+    unique, inverse, counts = torch.unique(
+        indices.to(torch.int64), sorted=True, return_inverse=True, return_counts=True
+    )
+    acc = torch.float64 if grad.dtype == torch.float64 else torch.float32
+    values = torch.zeros(unique.numel(), grad.shape[1], dtype=acc)
+    values.index_add_(0, inverse, grad.to(acc))
+    if scale:
+        values /= counts.unsqueeze(1).to(acc)
+    keep = (unique >= 0) & (unique < num_weights)
+    if padding_idx >= 0:
+        keep &= unique != padding_idx
+    return unique[keep], values[keep].to(grad.dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+@pytest.mark.parametrize("scale", [False, True])
+def test_segment_sum_dedup_is_bit_identical_to_index_add(dtype, index_dtype, scale):
+    gen = torch.Generator().manual_seed(7)
+    for n, v, d in [(2000, 50, 16), (513, 5000, 3), (1, 4, 7), (300, 8, 0)]:
+        zipf = (torch.rand(n, generator=gen) ** 3 * v).to(index_dtype)  # many duplicates
+        grad = torch.randn(n, d, generator=gen).to(dtype)
+        padding_idx = 2 if v > 2 else -1
+        got = torch_grad.dedup_grad(grad.clone(), zipf.clone(), v, padding_idx, scale)
+        want = _index_add_reference(grad.clone(), zipf.clone(), v, padding_idx, scale)
+        assert torch.equal(got[0], want[0])
+        assert got[1].dtype == dtype
+        assert torch.equal(got[1], want[1]), (n, v, d)
+
+
+def test_segment_sum_takes_strided_and_expanded_gradients():
+    gen = torch.Generator().manual_seed(3)
+    idx = torch.randint(0, 20, (64,), generator=gen)
+    base = torch.randn(16, 64, generator=gen)
+    for grad in (base.t(), torch.randn(1, 16, generator=gen).expand(64, 16)):
+        got = torch_grad.dedup_grad(grad, idx.clone(), 20, -1, False)
+        want = _index_add_reference(grad.contiguous(), idx.clone(), 20, -1, False)
+        assert torch.equal(got[1], want[1])
+
+
+def test_empty_batch():
+    unique, values = torch_grad.dedup_grad(torch.zeros(0, 5), torch.zeros(0, dtype=torch.long),
+                                           10, -1, False)
+    assert unique.shape == (0,) and values.shape == (0, 5)
+
+
+def test_int64_indices_outside_the_table_never_alias_a_row():
+    """int32 sort keys: 2**32 + 3 truncated would be row 3, -2**32 row 0. They must be dropped."""
+    huge = torch.tensor([2**32 + 3, -(2**32), 3, 2**40, 5, -1, 10], dtype=torch.int64)
+    grad = torch.arange(7 * 2, dtype=torch.float32).view(7, 2)
+    unique, values = torch_grad.dedup_grad(grad, huge, 10, -1, False)
+    assert unique.tolist() == [3, 5]
+    assert torch.equal(values, grad[[2, 4]])
+    keys = torch_grad.sort_keys(huge, 10)
+    assert keys.dtype == torch.int32
+    assert keys.tolist() == [10, -1, 3, 10, 5, -1, 10]
+
+
+def test_bounds_check_none_drops_wild_rows_through_the_whole_step():
+    """The promise through lookup, backward and optimizer: a row outside the table updates
+    nothing (CPU: the gather of an outside row raises in torch, so feed the backward directly)."""
+    table = sparsemb.Embedding(10, 2, sparse=True, bounds_check="none")
+    before = table.weight.detach().clone()
+    wild = torch.tensor([2**32 + 3, 4], dtype=torch.int64)
+    grad = torch.ones(2, 2)
+    unique, values = sparsemb._ops.EAGER.dedup_grad(grad, wild, 10, -1, False)
+    opt = sparsemb.optim.SparseSGD(table.parameters(), lr=1.0)
+    table.weight.grad = torch.sparse_coo_tensor(unique.unsqueeze(0), values, (10, 2))
+    opt.step()
+    changed = (table.weight.detach() != before).any(dim=1).nonzero().flatten().tolist()
+    assert changed == [4]
+
+
+# ----- memory: huge pages and the output pool change no value
+
+
+def test_huge_page_advice_and_collapse_keep_contents():
+    x = torch.randn(3 << 20)  # 12 MiB
+    copy = x.clone()
+    assert _memory.advise_huge_pages(x) is x
+    _memory.collapse_to_huge_pages(x)  # may or may not apply here; must not change a value
+    assert torch.equal(x, copy)
+    z = _memory.zeros(1024, 2048, dtype=torch.float32, device="cpu")
+    assert z.shape == (1024, 2048) and not z.any()
+
+
+def test_output_pool_reuses_only_released_buffers():
+    pool = _memory._OutputPool()
+    a = pool.empty(1024, 1024, torch.float32)  # 4 MiB
+    a.fill_(1)
+    b = pool.empty(1024, 1024, torch.float32)  # a is alive: a new buffer
+    assert b.data_ptr() != a.data_ptr()
+    view = a[10:]  # a view keeps the storage alive too
+    ptr = a.data_ptr()
+    del a
+    gc.collect()
+    c = pool.empty(1024, 1024, torch.float32)
+    assert c.data_ptr() not in (ptr, b.data_ptr())
+    assert torch.equal(view, torch.ones(1014, 1024))  # untouched
+    c_ptr = c.data_ptr()
+    del view, c
+    gc.collect()
+    d = pool.empty(1024, 1024, torch.float32)  # b still alive; a's or c's buffer again
+    assert d.data_ptr() in (ptr, c_ptr)
+
+
+def test_lookup_outputs_held_at_once_never_share_memory():
+    table = sparsemb.Embedding(1000, 256, sparse=True)
+    idx = torch.randint(0, 1000, (8192,))  # 8 MiB outputs: pooled
+    first = table(idx)
+    second = table(idx.flip(0))
+    assert first.data_ptr() != second.data_ptr()
+    ref = torch.nn.functional.embedding(idx.clone(), table.weight.detach().clone())
+    assert torch.equal(first, ref)
+    assert torch.equal(second, ref.flip(0))
+    released = first.data_ptr()
+    del first
+    gc.collect()
+    third = table(idx)  # the released buffer is used again: no fresh pages to fault in
+    assert third.data_ptr() == released
+    assert torch.equal(third, ref)
+
+
+def test_output_pool_can_be_turned_off(monkeypatch):
+    monkeypatch.setenv("SPARSEMB_OUTPUT_POOL", "0")
+    out = _memory.output(2048, 1024, torch.float32)
+    assert out.shape == (2048, 1024)
+    assert all(s.data_ptr() != out.data_ptr() for s in _memory._pool._storages)
