@@ -117,13 +117,15 @@ def lookup(
     scale_grad_by_freq: bool,
     sparse: bool,
     check_bounds: bool,
+    gathered: Tensor | None = None,
 ) -> Tensor:
-    """Rows ``weight[indices]`` (1-D) with sparsemb's gradient, in eager or compiled code."""
+    """Rows ``weight[indices]`` (1-D) with sparsemb's gradient, in eager or compiled code.
+    ``gathered``: those rows, already gathered by the caller (eager code only)."""
     args = (weight, indices, padding_idx, scale_grad_by_freq, sparse, check_bounds)
     if not torch.compiler.is_compiling():
         if sparse:
             keep_grad_coalesced(weight)
-        return _EagerLookup.apply(*args)
+        return _EagerLookup.apply(*args, gathered)
     if not (torch.is_grad_enabled() and weight.requires_grad):
         return _ops.ops().gather(weight, indices, check_bounds)
     if sparse and weight.is_leaf:
@@ -203,11 +205,18 @@ class _EagerLookup(torch.autograd.Function):
     """_Lookup in classic style for eager code; forward-mode AD included."""
 
     @staticmethod
-    def forward(ctx, weight, indices, padding_idx, scale_grad_by_freq, sparse, check_bounds):
+    def forward(
+        ctx, weight, indices, padding_idx, scale_grad_by_freq, sparse, check_bounds, gathered
+    ):
         _save_lookup_context(ctx, weight, indices, padding_idx, scale_grad_by_freq, sparse)
+        if gathered is not None:  # the max_norm renorm gathered the rows already
+            return gathered
         return _ops.ops().gather(weight, indices, check_bounds)
 
-    backward = staticmethod(_lookup_backward)
+    @staticmethod
+    def backward(ctx, grad):
+        return (*_lookup_backward(ctx, grad), None)
+
     jvp = staticmethod(_lookup_jvp)
 
 

@@ -12,7 +12,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from sparsemb import _autograd, _ops
+from sparsemb._backend import uses_triton
 from sparsemb._checks import check_lookup_args, normalize_padding_idx
+from sparsemb.torch_backend import renorm as torch_renorm
 
 
 def embedding(
@@ -41,7 +43,17 @@ def embedding(
             input, weight, padding_idx, max_norm, norm_type, scale_grad_by_freq, check_bounds
         )
     flat = input.reshape(-1)  # may stay a strided or expanded view: the kernels take strides
-    if max_norm is not None:
+    gathered = None
+    if max_norm is not None and _gathers_while_renorming(weight):
+        with torch.no_grad():
+            if check_bounds:
+                _ops.check_index_range(flat, weight.shape[0])
+            gathered = torch_renorm.gather_renormed_(
+                weight.detach(), flat, float(max_norm), float(norm_type)
+            )
+            torch.autograd.graph.increment_version(weight)
+        check_bounds = False
+    elif max_norm is not None:
         with torch.no_grad():
             # On a detached alias, as torch does: forward-mode AD must not see the renorm (it
             # would rewrite the caller's tangent); the version counter is shared.
@@ -50,9 +62,19 @@ def embedding(
             )
         check_bounds = False  # the renorm validated the indices before writing
     out = _autograd.lookup(
-        weight, flat, padding, bool(scale_grad_by_freq), bool(sparse), check_bounds
+        weight, flat, padding, bool(scale_grad_by_freq), bool(sparse), check_bounds, gathered
     )
     return out.view(*input.shape, weight.shape[1])
+
+
+def _gathers_while_renorming(weight: Tensor) -> bool:
+    """Whether the max_norm renorm and the gather run as one pass (``gather_renormed_``): eager
+    code on the pure-PyTorch CPU path. Elsewhere the renorm is its own op, then the gather."""
+    return (
+        weight.device.type == "cpu"
+        and not torch.compiler.is_compiling()
+        and not uses_triton(weight)
+    )
 
 
 def _lookup_under_functorch(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from sparsemb import _memory
 from sparsemb._dtypes import state_dtype
 from sparsemb.torch_backend.grad import sort_keys
 
@@ -40,3 +41,35 @@ def renorm_(weight: Tensor, indices: Tensor, max_norm: float, norm_type: float) 
     rows_ids, rows, scales = rows_ids[over], rows[over], scales[over]
     scaled = (rows.to(scales.dtype) * scales.unsqueeze(1)).to(weight.dtype)
     weight.index_copy_(0, rows_ids, scaled)
+
+
+GATHER_BLOCK_BYTES = 1 << 20  # rows per block: ~ one core's L2, so the norms read from cache
+
+
+def gather_renormed_(weight: Tensor, indices: Tensor, max_norm: float, norm_type: float) -> Tensor:
+    """``renorm_(weight, indices, ...)`` followed by ``weight[indices]``, in one pass over the
+    output: the rows are gathered in cache-sized blocks and each block's row norms are taken
+    while it is in cache, so a step whose rows are all within max_norm (the usual case once
+    trained) costs the gather plus a cached reduction, with no sort and no second gather. Rows
+    found over max_norm are renormed in the weight (each unique row once, as ``renorm_``) and
+    gathered again. Same values as the two separate steps (a row's norm is the same whether
+    read from the weight or from its copy)."""
+    n, dim = indices.shape[0], weight.shape[1]
+    out = _memory.output(n, dim, weight.dtype) if weight.device.type == "cpu" else None
+    if out is None or n == 0 or dim == 0:
+        renorm_(weight, indices, max_norm, norm_type)
+        return weight.index_select(0, indices)
+    norms = torch.empty(n, dtype=state_dtype(weight.dtype))
+    step = max(1, GATHER_BLOCK_BYTES // (dim * weight.element_size()))
+    for start in range(0, n, step):
+        block = torch.index_select(weight, 0, indices[start:start + step],
+                                   out=out[start:start + step])
+        torch.linalg.vector_norm(block.to(norms.dtype), ord=norm_type, dim=1,
+                                 out=norms[start:start + step])
+    over = norms > max_norm  # NaN norms compare False: such rows are left alone, as torch does
+    if bool(over.any()):
+        positions = over.nonzero().squeeze(1)
+        over_indices = indices.index_select(0, positions)
+        renorm_(weight, over_indices, max_norm, norm_type)
+        out.index_copy_(0, positions, weight.index_select(0, over_indices))
+    return out
