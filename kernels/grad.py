@@ -3,7 +3,8 @@
 The batch's indices are sorted (stably, so equal rows keep batch order); a *segment* is the run
 of one row. Sorted positions are cut into aligned *windows* of ``CHUNK`` positions, so a hot row
 (thousands of hits under Zipf traffic) spans many windows and no program walks it alone. Four
-launches, sized by N alone (no host sync is needed to size them):
+launches after the sort, sized by N alone (no host sync is needed to size them):
+  0. (before the sort) ``_keys_kernel``: int64 indices to int32 keys, see ``sort_keys``;
   1. ``_flags_kernel``: one int32 flag per position: the position starts a kept segment (a row
      inside ``[0, num_weights)`` other than the padding row);
   2. ``torch.cumsum`` of the flags: each kept segment's output slot (its rank among kept rows);
@@ -16,6 +17,11 @@ launches, sized by N alone (no host sync is needed to size them):
      ends adds that segment's partials in tiles of up to ``MAX_TILE`` windows (``tl.sum``, a
      fixed tree order, tiles in order), so the hottest row costs a few steps.
 Every sum runs in a fixed order, so the result is bit-identical run to run; there are no atomics.
+The sort takes int32 keys when the table has fewer than 2^31 rows (``sort_keys``: half the
+radix passes of int64 keys on a GPU); an index outside the table becomes -1 or ``num_weights``
+first (step 0), so a huge int64 value can never wrap onto a valid row. A caller that sorted the
+same indices already (the max_norm renorm in forward) hands ``presorted=(sorted keys, perm)``
+and the sort is skipped.
 Rows outside the table and the padding row are never written. All offsets are int64; divisions
 are IEEE-rounded (``div_rn``), as the CPU path's. The sparse result needs the number of kept rows
 on the host (one read, after step 2); ``dedup_grad_padded`` skips even that, for the fused
@@ -33,10 +39,27 @@ from sparsemb.kernels.launch import on_device_of, tile_for
 from sparsemb.kernels.rounding import round_nearest
 
 CHUNK = 16  # sorted positions per window
+KEYS_BLOCK = 1024  # indices per program of the int32 key conversion
 MAX_BLOCK_D = 128  # columns per tail program; wider rows use more column blocks
 WINDOW_BLOCK_D = 32  # columns per window program: it holds a (CHUNK, CHUNK, BLOCK_D) tile
 TILE_ELEMENTS = 4096  # elements of a tile of partials the tail kernel sums at once
 MAX_TILE = 64  # windows' partials the tail kernel sums at once
+
+
+@triton.jit(do_not_specialize=["n"])  # changes every step: no recompiles
+def _keys_kernel(
+    indices_ptr,  # (N,) int64 indices, element stride stride_i
+    keys_ptr,  # (N,) int32 out: the index, or -1 / num_rows where it lies outside the table
+    n,  # N
+    num_rows,  # V < 2^31
+    stride_i,  # elements between indices
+    BLOCK: tl.constexpr,  # positions per program
+):
+    pos = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
+    live = pos < n
+    index = tl.load(indices_ptr + pos * stride_i, mask=live, other=0)
+    key = tl.minimum(tl.maximum(index, -1), num_rows)  # in int64: no value wraps
+    tl.store(keys_ptr + pos, key.to(tl.int32), mask=live)
 
 
 @triton.jit(do_not_specialize=["n"])  # changes every step: no recompiles
@@ -187,6 +210,22 @@ def _tail_kernel(
                  mask=in_row)
 
 
+@on_device_of(0)
+def sort_keys(indices, num_weights: int):
+    """(sorted keys, int64 permutation): a stable sort of the indices, as int32 keys when the
+    table has fewer than 2^31 rows. An int64 index outside ``[0, num_weights)`` is first clamped
+    to -1 or ``num_weights`` (``_keys_kernel``, one launch), so it stays outside the table rather
+    than wrapping onto a valid row; every kernel reads the keys widened to int64."""
+    keys = indices
+    n = indices.shape[0]
+    if indices.dtype == torch.int64 and num_weights < 2**31 and n:
+        keys = torch.empty(n, dtype=torch.int32, device=indices.device)
+        _keys_kernel[(triton.cdiv(n, KEYS_BLOCK),)](
+            indices, keys, n, num_weights, indices.stride(0), BLOCK=KEYS_BLOCK, num_warps=4
+        )
+    return torch.sort(keys, stable=True)
+
+
 def _tiles(dim: int):
     """(window tile, tail tile) launch shapes for embedding dim ``dim``."""
     window = tile_for(dim, max_block_d=WINDOW_BLOCK_D, elements=CHUNK * CHUNK * WINDOW_BLOCK_D,
@@ -196,9 +235,11 @@ def _tiles(dim: int):
 
 
 @on_device_of(0)
-def _reduce(grad, indices, num_weights, padding_idx, scale_grad_by_freq, *, dense, padded=False):
+def _reduce(grad, indices, num_weights, padding_idx, scale_grad_by_freq, *, dense, padded=False,
+            presorted=None):
     """The dense (num_weights, D) gradient, or (kept unique rows, values); with ``padded``,
-    N slots whose unused rows hold ``num_weights``, with no host read at all."""
+    N slots whose unused rows hold ``num_weights``, with no host read at all. ``presorted``:
+    ``sort_keys(indices, num_weights)`` computed earlier, reused instead of sorting again."""
     n, dim = grad.shape
     device = grad.device
     grad = grad if grad.stride(-1) == 1 else grad.contiguous()
@@ -210,7 +251,7 @@ def _reduce(grad, indices, num_weights, padding_idx, scale_grad_by_freq, *, dens
         rows = torch.unique(indices).to(torch.int64)
         rows = rows[(rows >= 0) & (rows < num_weights) & (rows != padding_idx)]
         return rows, grad.new_empty(rows.numel(), dim)
-    sorted_rows, perm = torch.sort(indices, stable=True)
+    sorted_rows, perm = presorted if presorted is not None else sort_keys(indices, num_weights)
     flags = torch.empty(n, dtype=torch.int32, device=device)
     _flags_kernel[(triton.cdiv(n, 1024),)](
         sorted_rows, flags, n, num_weights, padding_idx, BLOCK=1024, num_warps=4
@@ -246,41 +287,55 @@ def _reduce(grad, indices, num_weights, padding_idx, scale_grad_by_freq, *, dens
     return out if dense else (rows, out)
 
 
-def dedup_grad(grad, indices, num_weights: int, padding_idx: int, scale_grad_by_freq: bool):
+def dedup_grad(grad, indices, num_weights: int, padding_idx: int, scale_grad_by_freq: bool, *,
+               presorted=None):
     """(unique rows ascending, summed gradient rows) of the rows inside the table, without the
     padding row. One host read: the number of kept rows."""
-    return _reduce(grad, indices, num_weights, padding_idx, scale_grad_by_freq, dense=False)
+    return _reduce(grad, indices, num_weights, padding_idx, scale_grad_by_freq, dense=False,
+                   presorted=presorted)
 
 
-def dedup_grad_padded(grad, indices, num_weights: int, padding_idx: int, scale_grad_by_freq):
+def dedup_grad_padded(grad, indices, num_weights: int, padding_idx: int, scale_grad_by_freq, *,
+                      presorted=None):
     """``dedup_grad`` in N slots, without a host read: the kept rows ascending first, then rows
     holding ``num_weights`` (outside the table: optimizer kernels skip them) with unset values."""
     return _reduce(grad, indices, num_weights, padding_idx, scale_grad_by_freq, dense=False,
-                   padded=True)
+                   padded=True, presorted=presorted)
 
 
-def dense_grad(grad, indices, num_weights: int, padding_idx: int, scale_grad_by_freq: bool):
+def dense_grad(grad, indices, num_weights: int, padding_idx: int, scale_grad_by_freq: bool, *,
+               presorted=None):
     """The (num_weights, D) gradient: the same reduction written into a zeroed buffer."""
-    return _reduce(grad, indices, num_weights, padding_idx, scale_grad_by_freq, dense=True)
+    return _reduce(grad, indices, num_weights, padding_idx, scale_grad_by_freq, dense=True,
+                   presorted=presorted)
 
 
 def compile_cases(dim: int, ptr: str) -> list[dict]:
-    """The specialisations ``scripts/sm90_compile.py`` compiles for gradients of type ``ptr``."""
+    """The specialisations ``scripts/sm90_compile.py`` compiles for gradients of type ``ptr``:
+    int32 sorted keys (tables under 2^31 rows, the usual case) at every dim and dtype, int64 keys
+    for float32; the kernels that read no gradient (keys, flags) once, at float32 D=128."""
     window, tail = _tiles(dim)
     common = {"SCALE_BY_FREQ": True, "DENSE": False, "CHUNK": CHUNK}
-    return [
-        {"label": "flags", "spec": dict(
-            kernel="_flags_kernel", num_warps=4, constexprs={"BLOCK": 1024},
-            pointers={"sorted_ptr": "*i64", "flags_ptr": "*i32"})},
-        {"label": "window", "spec": dict(
+    key_types = ("*i32", "*i64") if ptr == "*fp32" else ("*i32",)
+    cases = []
+    if ptr == "*fp32" and dim == 128:
+        cases.append({"label": "keys", "spec": dict(
+            kernel="_keys_kernel", num_warps=4, constexprs={"BLOCK": KEYS_BLOCK},
+            pointers={"indices_ptr": "*i64", "keys_ptr": "*i32"})})
+        for key in ("*i32", "*i64"):
+            cases.append({"label": f"flags keys={key[1:]}", "spec": dict(
+                kernel="_flags_kernel", num_warps=4, constexprs={"BLOCK": 1024},
+                pointers={"sorted_ptr": key, "flags_ptr": "*i32"})})
+    for key in key_types:
+        cases.append({"label": f"window keys={key[1:]}", "spec": dict(
             kernel="_window_kernel", num_warps=window.num_warps,
             constexprs=dict(common, BLOCK_D=window.block_d),
-            pointers={"grad_ptr": ptr, "sorted_ptr": "*i64", "perm_ptr": "*i64",
+            pointers={"grad_ptr": ptr, "sorted_ptr": key, "perm_ptr": "*i64",
                       "slot_ptr": "*i64", "out_ptr": ptr, "rows_ptr": "*i64",
-                      "seg_start_ptr": "*i64", "partial_ptr": "*fp32"})},
-        {"label": "tail", "spec": dict(
+                      "seg_start_ptr": "*i64", "partial_ptr": "*fp32"})})
+        cases.append({"label": f"tail keys={key[1:]}", "spec": dict(
             kernel="_tail_kernel", num_warps=tail.num_warps,
             constexprs=dict(common, TILE=tail.rows, BLOCK_D=tail.block_d),
-            pointers={"sorted_ptr": "*i64", "slot_ptr": "*i64", "seg_start_ptr": "*i64",
-                      "partial_ptr": "*fp32", "out_ptr": ptr})},
-    ]
+            pointers={"sorted_ptr": key, "slot_ptr": "*i64", "seg_start_ptr": "*i64",
+                      "partial_ptr": "*fp32", "out_ptr": ptr})})
+    return cases

@@ -1,9 +1,11 @@
 """In-place max_norm renorm of the looked-up rows: the Triton kernel and its launcher.
 
-``renorm_rows_`` rescales, in place, each *unique* looked-up row whose norm exceeds max_norm:
-the caller deduplicates first, so no two programs ever own one row (race-free with duplicates),
-and the gather that follows reads the renormalized rows. Norms 1, 2, any p > 0 and inf are
-computed in float32; a row holding NaN is left alone, as torch leaves it.
+``renorm_rows_`` rescales, in place, each looked-up row whose norm exceeds max_norm, once: it
+takes the *sorted* indices (the stable sort backward reuses, ``grad.sort_keys``), and only the
+first position of each run of equal rows acts, so no two programs ever own one row (race-free
+with duplicates) and no ``unique`` (a host sync) is needed. The gather that follows reads the
+renormalized rows. Norms 1, 2, any p > 0 and inf are computed in float32; a row holding NaN is
+left alone, as torch leaves it.
 
 Offsets are int64 throughout: ``row * row_stride`` passes 2^31 on tables over 2^31 elements.
 """
@@ -41,8 +43,8 @@ def _row_norms(x, p, NORM: tl.constexpr):
 @triton.jit(do_not_specialize=["n_rows"])  # changes every step: no recompiles
 def _renorm_kernel(
     weight_ptr,  # (V, D) table, rescaled in place
-    rows_ptr,  # (U,) int64 unique rows to renormalize
-    n_rows,  # U
+    rows_ptr,  # (N,) int32/int64 rows, ascending: equal rows are adjacent
+    n_rows,  # N
     num_rows,  # V: rows outside [0, V) (possible with bounds_check="none") are left alone
     dim,  # D
     stride_wv,  # elements between rows of the table
@@ -57,7 +59,9 @@ def _renorm_kernel(
     pid = tl.program_id(0).to(tl.int64)  # int64: row * stride_wv overflows int32 on big tables
     pos = pid * ROWS + tl.arange(0, ROWS).to(tl.int64)
     rows = tl.load(rows_ptr + pos, mask=pos < n_rows, other=0).to(tl.int64)
-    live = (pos < n_rows) & (rows >= 0) & (rows < num_rows)
+    prev = tl.load(rows_ptr + pos - 1, mask=(pos < n_rows) & (pos > 0), other=0).to(tl.int64)
+    first = (pos == 0) | (rows != prev)  # only the first of a run of equal rows acts
+    live = (pos < n_rows) & first & (rows >= 0) & (rows < num_rows)
     base = weight_ptr + rows[:, None] * stride_wv
     acc = tl.zeros((ROWS,), dtype=tl.float32)
     has_nan = tl.zeros((ROWS,), dtype=tl.int32)
@@ -98,17 +102,18 @@ def norm_kind(norm_type: float) -> int:
 
 @on_device_of(0)
 def renorm_rows_(
-    weight: torch.Tensor, unique_rows: torch.Tensor, max_norm: float, norm_type: float, eps: float
+    weight: torch.Tensor, sorted_rows: torch.Tensor, max_norm: float, norm_type: float, eps: float
 ) -> None:
-    """Rescale in place the given *unique* rows whose norm exceeds max_norm (rows outside the
-    table, which only unchecked input can bring, are skipped rather than written)."""
-    n, dim = unique_rows.shape[0], weight.shape[1]
+    """Rescale in place, once each, the rows of ``sorted_rows`` (ascending, duplicates allowed)
+    whose norm exceeds max_norm (rows outside the table, which only unchecked input can bring,
+    are skipped rather than written)."""
+    n, dim = sorted_rows.shape[0], weight.shape[1]
     if n == 0 or dim == 0:
         return
     block_d, rows, num_warps = launch_shape(dim)
     grid = (triton.cdiv(n, rows),)
     _renorm_kernel[grid](
-        weight, unique_rows, n, weight.shape[0], dim, weight.stride(0), weight.stride(1),
+        weight, sorted_rows, n, weight.shape[0], dim, weight.stride(0), weight.stride(1),
         float(max_norm), float(norm_type), float(eps),
         NORM=norm_kind(norm_type), ROWS=rows, BLOCK_D=block_d, num_warps=num_warps,
     )  # fmt: skip

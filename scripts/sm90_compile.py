@@ -106,6 +106,12 @@ def cases() -> list[dict]:
                          {"weight_ptr": "*fp32", "indices_ptr": "*i64", "out_ptr": "*fp32",
                           "bad_ptr": "*i32"},
                          {"CHECK": True, "ROWS": t.rows, "BLOCK_D": t.block_d}, t.num_warps))
+    for dim in (16, 128):  # the renorm takes the sorted int32 keys of sort_keys
+        t = gather.launch_shape(dim)
+        out.append(_case(f"renorm p=2 keys=i32 float32 D={dim}", "renorm", "_renorm_kernel",
+                         {"weight_ptr": "*fp32", "rows_ptr": "*i32"},
+                         {"NORM": renorm.NORM_TWO, "ROWS": t.rows, "BLOCK_D": t.block_d},
+                         t.num_warps, floats=("max_norm", "p", "eps"), ones=("stride_wd",)))
     t = gather.launch_shape(100)
     out.append(_case("renorm p=3 float32 D=100", "renorm", "_renorm_kernel",
                      {"weight_ptr": "*fp32", "rows_ptr": "*i64"},
@@ -146,6 +152,7 @@ def compile_case(case: dict) -> dict:
     fields = dict(re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", usage))
     return dict(label=case["label"], kernel=case["kernel"], num_warps=case["num_warps"],
                 constexprs={k: v for k, v in case["constexprs"].items()},
+                pointers=dict(case["pointers"]),
                 registers=int(fields["REG"]), stack=int(fields["STACK"]),
                 local=int(fields["LOCAL"]), shared=int(fields["SHARED"]))
 

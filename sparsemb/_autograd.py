@@ -118,14 +118,18 @@ def lookup(
     sparse: bool,
     check_bounds: bool,
     gathered: Tensor | None = None,
+    *,
+    presorted: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     """Rows ``weight[indices]`` (1-D) with sparsemb's gradient, in eager or compiled code.
-    ``gathered``: those rows, already gathered by the caller (eager code only)."""
+    ``gathered``: those rows, already gathered by the caller (the CPU max_norm path, eager).
+    ``presorted``: the max_norm renorm's sort of ``indices`` (eager Triton path), which the
+    eager backward's dedup reuses instead of sorting again; compiled code ignores both."""
     args = (weight, indices, padding_idx, scale_grad_by_freq, sparse, check_bounds)
     if not torch.compiler.is_compiling():
         if sparse:
             keep_grad_coalesced(weight)
-        return _EagerLookup.apply(*args, gathered)
+        return _EagerLookup.apply(*args, gathered, presorted)
     if not (torch.is_grad_enabled() and weight.requires_grad):
         return _ops.ops().gather(weight, indices, check_bounds)
     if sparse and weight.is_leaf:
@@ -141,8 +145,11 @@ def lookup(
 # ----- the lookup
 
 
-def _save_lookup_context(ctx, weight, indices, padding_idx, scale_grad_by_freq, sparse):
+def _save_lookup_context(
+    ctx, weight, indices, padding_idx, scale_grad_by_freq, sparse, presorted=None
+):
     ctx.save_for_backward(indices)
+    ctx.presorted = presorted  # (sorted keys, perm) of indices, or None
     ctx.save_for_forward(indices)
     ctx.num_weights = weight.shape[0]
     ctx.padding_idx = padding_idx
@@ -159,6 +166,7 @@ def _lookup_backward(ctx, grad):
     if not ctx.needs_input_grad[0]:
         return weight_grad, None, None, None, None, None
     args = (ctx.num_weights, ctx.padding_idx, ctx.scale_grad_by_freq)
+    presorted = None if torch.compiler.is_compiling() else ctx.presorted
     if under_functorch(grad):
         # Batched output gradients (autograd.grad(is_grads_batched=True), gradcheck's batched
         # check): torch's own dense backward has the batching rule; a batch of sparse
@@ -168,11 +176,16 @@ def _lookup_backward(ctx, grad):
         if torch.compiler.is_compiling():
             unique, values = _ops.ops().dedup_grad(grad.detach(), indices, *args)
         else:  # no host sync on the GPU: padded rows the optimizer kernels skip
-            unique, values = _ops.dedup_grad_for_update(grad.detach(), indices, *args)
+            unique, values = _ops.dedup_grad_for_update(
+                grad.detach(), indices, *args, presorted
+            )
         with torch.no_grad():
             ctx.fused_update(unique, values)
     elif ctx.sparse:
-        unique, values = _ops.ops().dedup_grad(grad, indices, *args)
+        if presorted is not None:  # eager, after a renorm on the Triton path: no second sort
+            unique, values = _ops.dedup_grad_presorted(grad, indices, *args, presorted)
+        else:
+            unique, values = _ops.ops().dedup_grad(grad, indices, *args)
         weight_grad = sparse_grad_tensor(unique, values, ctx.num_weights)
         if ctx.grad_owner is not None:
             setattr(ctx.grad_owner, _LAST_VALUES, (values.data_ptr(), values.numel()))
@@ -205,17 +218,18 @@ class _EagerLookup(torch.autograd.Function):
     """_Lookup in classic style for eager code; forward-mode AD included."""
 
     @staticmethod
-    def forward(
-        ctx, weight, indices, padding_idx, scale_grad_by_freq, sparse, check_bounds, gathered
-    ):
-        _save_lookup_context(ctx, weight, indices, padding_idx, scale_grad_by_freq, sparse)
-        if gathered is not None:  # the max_norm renorm gathered the rows already
+    def forward(ctx, weight, indices, padding_idx, scale_grad_by_freq, sparse, check_bounds,
+                gathered=None, presorted=None):
+        _save_lookup_context(
+            ctx, weight, indices, padding_idx, scale_grad_by_freq, sparse, presorted
+        )
+        if gathered is not None:  # the CPU max_norm renorm gathered the rows already
             return gathered
         return _ops.ops().gather(weight, indices, check_bounds)
 
     @staticmethod
     def backward(ctx, grad):
-        return (*_lookup_backward(ctx, grad), None)
+        return *_lookup_backward(ctx, grad), None, None  # none for gathered, presorted
 
     jvp = staticmethod(_lookup_jvp)
 

@@ -48,19 +48,47 @@ def _renorm_impl(
     behind autograd's back), so a graph that saved the weight before the renorm raises in
     backward instead of silently using the new values.
     """
+    _renorm_sorting(weight, indices, max_norm, norm_type, check_bounds)
+
+
+def _renorm_sorting(
+    weight: Tensor, indices: Tensor, max_norm: float, norm_type: float, check_bounds: bool
+) -> tuple[Tensor, Tensor] | None:
+    """``_renorm_impl``, returning on the Triton path the stable sort of the indices it made
+    (``kernels.grad.sort_keys``: sorted keys, permutation), which backward's dedup can reuse;
+    None on the torch path. The sort replaces a ``unique`` (a host sync); the sorted keys'
+    first and last values are the only ones the bounds check reads."""
     if weight.is_meta:
-        return
+        return None
+    presorted = None
     if uses_triton(weight):
-        unique = torch.unique(indices)
-        if check_bounds and unique.numel():
-            check_index_range(unique[[0, -1]], weight.shape[0])
+        presorted = kernel_module("grad").sort_keys(indices, weight.shape[0])
+        keys = presorted[0]
+        # a view of the first and last sorted keys (out-of-range ones were clamped to -1 or V):
+        # one tiny reduction and one read; the offending value is named from ``indices``
+        ends = keys[:: max(keys.shape[0] - 1, 1)]
+        if check_bounds and value_outside(ends, weight.shape[0]) is not None:
+            check_index_range(indices, weight.shape[0])
         kernels = kernel_module("renorm")
-        kernels.renorm_rows_(weight, unique, max_norm, norm_type, torch_renorm.RENORM_EPS)
+        kernels.renorm_rows_(weight, keys, max_norm, norm_type, torch_renorm.RENORM_EPS)
     else:
         if check_bounds:
             check_index_range(indices, weight.shape[0])
         torch_renorm.renorm_(weight, indices, max_norm, norm_type)
     torch.autograd.graph.increment_version(weight)
+    return presorted
+
+
+def renorm_for_lookup(
+    weight: Tensor, indices: Tensor, max_norm: float, norm_type: float, check_bounds: bool
+) -> tuple[Tensor, Tensor] | None:
+    """The max_norm renorm before a lookup: in eager code it returns the sort it made on the
+    Triton path (for ``lookup(presorted=...)``, so backward does not sort again); while
+    torch.compile traces, the registered op, and None (compiled backward sorts again)."""
+    if torch.compiler.is_compiling():
+        renorm_(weight, indices, max_norm, norm_type, check_bounds)
+        return None
+    return _renorm_sorting(weight, indices, max_norm, norm_type, check_bounds)
 
 
 renorm_ = torch.library.custom_op("sparsemb::renorm_", _renorm_impl, mutates_args=("weight",))
@@ -95,9 +123,18 @@ def _dedup_grad_impl(
     grad: Tensor, indices: Tensor, num_weights: int, padding_idx: int, scale_grad_by_freq: bool
 ) -> tuple[Tensor, Tensor]:
     """(unique rows ascending, summed gradient rows) of a lookup; see ``torch_backend.grad``."""
+    return dedup_grad_presorted(grad, indices, num_weights, padding_idx, scale_grad_by_freq)
+
+
+def dedup_grad_presorted(
+    grad: Tensor, indices: Tensor, num_weights: int, padding_idx: int, scale_grad_by_freq: bool,
+    presorted: tuple[Tensor, Tensor] | None = None,
+) -> tuple[Tensor, Tensor]:
+    """``dedup_grad`` in eager code; on the Triton path it reuses ``presorted`` (the forward's
+    sort of these indices, from ``renorm_for_lookup``) instead of sorting again."""
     args = (grad, indices, num_weights, padding_idx, scale_grad_by_freq)
     if uses_triton(grad):
-        return kernel_module("grad").dedup_grad(*args)
+        return kernel_module("grad").dedup_grad(*args, presorted=presorted)
     return torch_grad.dedup_grad(*args)
 
 
@@ -111,15 +148,17 @@ def pads_fused_rows(grad: Tensor) -> bool:
 
 
 def dedup_grad_for_update(
-    grad: Tensor, indices: Tensor, num_weights: int, padding_idx: int, scale_grad_by_freq: bool
+    grad: Tensor, indices: Tensor, num_weights: int, padding_idx: int, scale_grad_by_freq: bool,
+    presorted: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The deduplicated gradient a fused optimizer step takes, in eager code: on the Triton path
     (where ``pads_fused_rows``) N slots without a host sync, the unused ones holding row
-    ``num_weights`` (outside the table, skipped by the optimizer kernels); else ``dedup_grad``."""
+    ``num_weights`` (outside the table, skipped by the optimizer kernels); else ``dedup_grad``.
+    ``presorted``: as in ``dedup_grad_presorted``."""
     args = (grad, indices, num_weights, padding_idx, scale_grad_by_freq)
     if uses_triton(grad) and pads_fused_rows(grad):
-        return kernel_module("grad").dedup_grad_padded(*args)
-    return _dedup_grad_impl(*args)
+        return kernel_module("grad").dedup_grad_padded(*args, presorted=presorted)
+    return dedup_grad_presorted(*args, presorted)
 
 
 @dedup_grad.register_fake

@@ -43,7 +43,8 @@ def embedding(
             input, weight, padding_idx, max_norm, norm_type, scale_grad_by_freq, check_bounds
         )
     flat = input.reshape(-1)  # may stay a strided or expanded view: the kernels take strides
-    gathered = None
+    gathered = None  # the rows, gathered by the CPU renorm (eager)
+    presorted = None  # the renorm's sort of ``flat`` (Triton path, eager): backward reuses it
     if max_norm is not None and _gathers_while_renorming(weight):
         with torch.no_grad():
             if check_bounds:
@@ -57,12 +58,13 @@ def embedding(
         with torch.no_grad():
             # On a detached alias, as torch does: forward-mode AD must not see the renorm (it
             # would rewrite the caller's tangent); the version counter is shared.
-            _ops.ops().renorm_(
+            presorted = _ops.renorm_for_lookup(
                 weight.detach(), flat, float(max_norm), float(norm_type), check_bounds
             )
         check_bounds = False  # the renorm validated the indices before writing
     out = _autograd.lookup(
-        weight, flat, padding, bool(scale_grad_by_freq), bool(sparse), check_bounds, gathered
+        weight, flat, padding, bool(scale_grad_by_freq), bool(sparse), check_bounds, gathered,
+        presorted=presorted,
     )
     return out.view(*input.shape, weight.shape[1])
 

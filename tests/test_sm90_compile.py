@@ -40,6 +40,12 @@ def test_every_kernel_compiles_for_sm90(compiled):
     assert {"_gather_kernel", "_renorm_kernel", "_flags_kernel", "_window_kernel", "_tail_kernel",
             "_sgd_kernel", "_adagrad_kernel", "_rowwise_adagrad_kernel", "_adam_kernel"} <= kernels
     assert any("strided" in r["label"] for r in compiled)
+    assert "_keys_kernel" in kernels
+    # the kernels reading sorted keys compile for int32 keys (tables under 2^31 rows) and int64
+    for kernel, arg in (("_flags_kernel", "sorted_ptr"), ("_window_kernel", "sorted_ptr"),
+                        ("_tail_kernel", "sorted_ptr"), ("_renorm_kernel", "rows_ptr")):
+        key_types = {r["pointers"][arg] for r in compiled if r["kernel"] == kernel}
+        assert key_types == {"*i32", "*i64"}, (kernel, key_types)
     assert any(r["constexprs"].get("STOCHASTIC") for r in compiled)
 
 
