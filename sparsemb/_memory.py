@@ -96,7 +96,8 @@ class _OutputPool:
 
     glibc returns buffers above 32 MiB to the kernel on free, and the next step faults them in
     again (4 KiB or 2 MiB at a time: 17 or 3 ms for 32 MiB on a 2-core VM). The pool keeps at
-    most ``POOL_BUFFERS`` buffers and ``POOL_BYTES`` in all, dropping the oldest."""
+    most ``POOL_BUFFERS`` buffers and ``POOL_BYTES`` in all, dropping the oldest; buffers above
+    ``POOL_MAX_BUFFER`` are never pooled."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -127,6 +128,7 @@ def _unused(storage: torch.UntypedStorage) -> bool:
 
 POOL_BUFFERS = 4
 POOL_BYTES = 1 << 30
+POOL_MAX_BUFFER = POOL_BYTES // 4
 _pool = _OutputPool()
 
 
@@ -136,4 +138,6 @@ def output(rows: int, dim: int, dtype: torch.dtype) -> Tensor:
     size = rows * dim * torch.empty((), dtype=dtype).element_size()
     if size < MIN_BYTES or os.environ.get("SPARSEMB_OUTPUT_POOL", "1") == "0":
         return torch.empty(rows, dim, dtype=dtype)
+    if size > POOL_MAX_BUFFER:  # not kept after use: a one-off giant batch must not stay resident
+        return empty(rows, dim, dtype=dtype, device="cpu")
     return _pool.empty(rows, dim, dtype)

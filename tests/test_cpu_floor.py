@@ -143,3 +143,11 @@ def test_output_pool_can_be_turned_off(monkeypatch):
     out = _memory.output(2048, 1024, torch.float32)
     assert out.shape == (2048, 1024)
     assert all(s.data_ptr() != out.data_ptr() for s in _memory._pool._storages)
+
+
+def test_giant_outputs_are_not_kept(monkeypatch):
+    monkeypatch.setattr(_memory, "POOL_MAX_BUFFER", 8 << 20)
+    before = [id(s) for s in _memory._pool._storages]
+    out = _memory.output(4096, 1024, torch.float32)  # 16 MiB > the cap
+    assert out.shape == (4096, 1024)
+    assert [id(s) for s in _memory._pool._storages] == before
