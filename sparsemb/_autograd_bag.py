@@ -1,9 +1,11 @@
 """The pooled lookup's autograd wiring (EmbeddingBag).
 
-Backward expands the (B, D) bag gradient to one row per looked-up index (mean's 1/count, the
-per-sample weight, or max mode's arg-max columns only) and hands it to the same deduplicated
-gradient as the plain lookup: one summed row per unique index, in a fixed order, as a coalesced
-sparse COO tensor, a dense tensor, or straight into an optimizer (fused backward). The
+Backward gives the same deduplicated gradient as the plain lookup of the bag gradient's
+expansion to one row per looked-up index (mean's 1/count, the per-sample weight, or max mode's
+arg-max columns only): one summed row per unique index, in a fixed order, as a coalesced sparse
+COO tensor, a dense tensor, or straight into an optimizer (fused backward). On the pure-PyTorch
+path, sum and mean without per-sample weights sum the bag rows directly, never building the
+(N, D) expansion (``torch_backend.bag.pooled_dedup_grad``). The
 per-sample weights' gradient is a row dot product per index.
 """
 
@@ -88,27 +90,30 @@ class _BagLookup(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             psw_grad = _ops.ops().bag_psw_grad(grad, weight, indices, offsets, ctx.padding_idx)
         if ctx.needs_input_grad[0]:
-            per_index = _ops.ops().bag_expand_grad(
-                grad, indices, offsets, per_sample_weights, argmax, ctx.mode, ctx.padding_idx
-            )
-            weight_grad = _weight_grad(ctx, per_index, indices, weight.shape[0])
+            bag = (indices, offsets, per_sample_weights, argmax, ctx.mode, ctx.padding_idx)
+            weight_grad = _weight_grad(ctx, grad, bag, weight.shape[0])
         return weight_grad, psw_grad, None, None, None, None, None, None, None
 
 
-def _weight_grad(ctx, per_index: Tensor, indices: Tensor, num_weights: int) -> Tensor | None:
-    """The deduplicated gradient of the expanded rows: fused into the optimizer, sparse COO, or
-    dense (as the plain lookup's backward)."""
-    args = (num_weights, ctx.padding_idx, ctx.scale_grad_by_freq)
-    if under_functorch(per_index):
-        return torch.ops.aten.embedding_dense_backward(per_index, indices, *args)
+def _weight_grad(ctx, grad: Tensor, bag: tuple, num_weights: int) -> Tensor | None:
+    """The deduplicated weight gradient: fused into the optimizer, sparse COO, or dense (as the
+    plain lookup's backward). ``bag`` is (indices, offsets, per_sample_weights, argmax, mode,
+    padding_idx); the ops skip the (N, D) expansion where they can (``_ops.bag_dedup_grad``)."""
+    args = (*bag, num_weights, ctx.scale_grad_by_freq)
+    if under_functorch(grad):
+        indices, padding_idx = bag[0], bag[5]
+        per_index = _ops.ops().bag_expand_grad(grad, *bag)
+        return torch.ops.aten.embedding_dense_backward(
+            per_index, indices, num_weights, padding_idx, ctx.scale_grad_by_freq
+        )
     if ctx.fused_update is not None:
-        unique, values = _ops.ops().dedup_grad(per_index.detach(), indices, *args)
+        unique, values = _ops.ops().bag_dedup_grad(grad.detach(), *args)
         with torch.no_grad():
             ctx.fused_update(unique, values)
         return None
     if ctx.sparse:
-        unique, values = _ops.ops().dedup_grad(per_index, indices, *args)
+        unique, values = _ops.ops().bag_dedup_grad(grad, *args)
         if ctx.grad_owner is not None:
             setattr(ctx.grad_owner, _LAST_VALUES, (values.data_ptr(), values.numel()))
         return sparse_grad_tensor(unique, values, num_weights)
-    return _ops.ops().dense_grad(per_index, indices, *args)
+    return _ops.ops().bag_dense_grad(grad, *args)

@@ -304,10 +304,84 @@ def _(grad, weight, indices, offsets, padding_idx):
     return weight.new_empty(indices.shape[0])
 
 
+def _pools_without_expansion(grad: Tensor, per_sample_weights: Tensor | None, mode: int) -> bool:
+    """Whether the bag weight gradient skips the (N, D) expansion: the pure-PyTorch path, sum or
+    mean without per-sample weights (see ``torch_bag.pooled_dedup_grad``)."""
+    return not uses_triton(grad) and mode != torch_bag.MAX and per_sample_weights is None
+
+
+def _bag_dedup_grad_impl(
+    grad: Tensor,
+    indices: Tensor,
+    offsets: Tensor,
+    per_sample_weights: Tensor | None,
+    argmax: Tensor,
+    mode: int,
+    padding_idx: int,
+    num_weights: int,
+    scale_grad_by_freq: bool,
+) -> tuple[Tensor, Tensor]:
+    """(unique rows, summed rows): the deduplicated weight gradient of a pooled lookup, equal to
+    ``dedup_grad`` of ``bag_expand_grad``'s rows; the expansion is skipped where it can be."""
+    args = (num_weights, padding_idx, scale_grad_by_freq)
+    if _pools_without_expansion(grad, per_sample_weights, mode):
+        return torch_bag.pooled_dedup_grad(grad, indices, offsets, mode, *args)
+    per_index = _bag_expand_grad_impl(
+        grad, indices, offsets, per_sample_weights, argmax, mode, padding_idx
+    )
+    return _dedup_grad_impl(per_index, indices, *args)
+
+
+bag_dedup_grad = torch.library.custom_op(
+    "sparsemb::bag_dedup_grad", _bag_dedup_grad_impl, mutates_args=()
+)
+
+
+@bag_dedup_grad.register_fake
+def _(grad, indices, offsets, per_sample_weights, argmax, mode, padding_idx, num_weights, sgbf):
+    unique_count = torch.library.get_ctx().new_dynamic_size()
+    unique = indices.new_empty(unique_count, dtype=torch.int64)
+    return unique, grad.new_empty(unique_count, grad.shape[1])
+
+
+def _bag_dense_grad_impl(
+    grad: Tensor,
+    indices: Tensor,
+    offsets: Tensor,
+    per_sample_weights: Tensor | None,
+    argmax: Tensor,
+    mode: int,
+    padding_idx: int,
+    num_weights: int,
+    scale_grad_by_freq: bool,
+) -> Tensor:
+    """The (num_weights, D) weight gradient of a pooled lookup (``dense_grad`` of the
+    expansion); the expansion is skipped where it can be."""
+    args = (num_weights, padding_idx, scale_grad_by_freq)
+    if _pools_without_expansion(grad, per_sample_weights, mode):
+        return torch_bag.pooled_dense_grad(grad, indices, offsets, mode, *args)
+    per_index = _bag_expand_grad_impl(
+        grad, indices, offsets, per_sample_weights, argmax, mode, padding_idx
+    )
+    return _dense_grad_impl(per_index, indices, *args)
+
+
+bag_dense_grad = torch.library.custom_op(
+    "sparsemb::bag_dense_grad", _bag_dense_grad_impl, mutates_args=()
+)
+
+
+@bag_dense_grad.register_fake
+def _(grad, indices, offsets, per_sample_weights, argmax, mode, padding_idx, num_weights, sgbf):
+    return grad.new_empty(num_weights, grad.shape[1])
+
+
 _OPS.update(
     bag_forward=(_bag_forward_impl, bag_forward),
     bag_expand_grad=(_bag_expand_grad_impl, bag_expand_grad),
     bag_psw_grad=(_bag_psw_grad_impl, bag_psw_grad),
+    bag_dedup_grad=(_bag_dedup_grad_impl, bag_dedup_grad),
+    bag_dense_grad=(_bag_dense_grad_impl, bag_dense_grad),
 )
 EAGER = SimpleNamespace(**{name: impl for name, (impl, _) in _OPS.items()})
 COMPILED = SimpleNamespace(**{name: op for name, (_, op) in _OPS.items()})

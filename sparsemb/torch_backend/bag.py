@@ -10,9 +10,12 @@ float32 (float64 for float64 tables) and are rounded to the table dtype once.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
+from sparsemb import _memory
 from sparsemb._dtypes import state_dtype
+from sparsemb.torch_backend.grad import kept_rows, sorted_segments
 
 SUM, MEAN, MAX = 0, 1, 2
 
@@ -138,6 +141,63 @@ def expand_grad(
     if padding_idx >= 0:
         rows.masked_fill_((indices == padding_idx).unsqueeze(1), 0)
     return rows
+
+
+def pooled_dedup_grad(
+    grad: Tensor,
+    indices: Tensor,
+    offsets: Tensor,
+    mode: int,
+    num_weights: int,
+    padding_idx: int,
+    scale_grad_by_freq: bool,
+) -> tuple[Tensor, Tensor]:
+    """The deduplicated weight gradient of a sum or mean lookup without per-sample weights,
+    never expanded to (N, D): ``dedup_grad(expand_grad(...))``, bit for bit.
+
+    Every position of a bag gets the same row (the bag's gradient, divided by its count for
+    mean, rounded to ``grad``'s dtype as ``expand_grad`` does), so the sum for a unique index is
+    a sum of (B, D) bag rows: ``embedding_bag`` over the sorted segments with the bag of each
+    sorted position as its index, the same additions in the same (batch) order as
+    ``segment_sums`` over the expansion. Positions after the last bag read a zero row; the
+    padding row is dropped whole, as in ``dedup_grad``. Per-sample weights stay on the
+    expansion: ``embedding_bag``'s weighted sum fuses the multiply-add (FBGEMM), where the
+    expansion and torch's sparse gradient round each product first."""
+    n, dim = indices.shape[0], grad.shape[1]
+    acc = state_dtype(grad.dtype)
+    if mode == MEAN:
+        lengths = offsets[1:] - offsets[:-1]
+        counts = bag_counts(indices, offsets, padding_idx) if padding_idx >= 0 else lengths
+        grad = (grad.to(acc) / counts.clamp(min=1).to(acc).unsqueeze(1)).to(grad.dtype)
+    unique, counts, order, starts = sorted_segments(indices, num_weights)
+    if n == 0 or dim == 0:
+        values = grad.new_zeros(unique.numel(), dim, dtype=acc)
+    else:
+        table = grad.to(acc).contiguous()
+        if int(offsets[-1]) < n:  # positions outside every bag: row B, zeros
+            table = torch.cat([table, table.new_zeros(1, dim)])
+        bags = bag_of_positions(offsets, n).index_select(0, order)
+        values = F.embedding_bag(bags, table, starts, mode="sum")
+    if scale_grad_by_freq:
+        values /= counts.unsqueeze(1).to(values.dtype)
+    unique, values = kept_rows(unique, values, num_weights, padding_idx)
+    return unique, values.to(grad.dtype)
+
+
+def pooled_dense_grad(
+    grad: Tensor,
+    indices: Tensor,
+    offsets: Tensor,
+    mode: int,
+    num_weights: int,
+    padding_idx: int,
+    scale_grad_by_freq: bool,
+) -> Tensor:
+    """The dense (num_weights, D) gradient of ``pooled_dedup_grad``, scattered into zeros."""
+    args = (grad, indices, offsets, mode, num_weights, padding_idx, scale_grad_by_freq)
+    unique, values = pooled_dedup_grad(*args)
+    out = _memory.zeros(num_weights, grad.shape[1], dtype=grad.dtype, device=grad.device)
+    return out.index_copy_(0, unique, values)
 
 
 def _per_position(per_bag: Tensor, lengths: Tensor, num_indices: int) -> Tensor:
