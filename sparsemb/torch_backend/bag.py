@@ -87,6 +87,10 @@ def bag_forward(
 
 def _fused_pool(table, indices, starts, per_sample_weights, mode, padding_idx) -> Tensor:
     padding = padding_idx if padding_idx >= 0 else None  # -1 would leave torch's fast path
+    if not torch.is_grad_enabled():  # detached: torch takes its forward-only kernel, which
+        # skips the bookkeeping (offset2bag, bag sizes) its own backward would need
+        table = table.detach()
+        per_sample_weights = None if per_sample_weights is None else per_sample_weights.detach()
     return torch.embedding_bag(
         table, indices, starts, False, mode, False, per_sample_weights, False, padding
     )[0]
