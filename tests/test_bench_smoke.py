@@ -278,3 +278,22 @@ def test_targets_are_judged_from_the_rows():
     rows[0]["scratch_bytes"] = 600 * mb  # O(V * D) scratch: grows with V
     got = {t["key"]: t for t in targets.evaluate_targets(rows)}
     assert got["step_memory"]["status"] == "MISSED"
+
+
+def test_phase_times_in_and_beside_the_timed_rounds():
+    """CPU: the phases run inside the timed rounds, warmup entries dropped; the separate pass
+    (CUDA's, run here without a device to synchronize) runs each phase once per round, in order."""
+    from bench.harness import measure
+
+    calls: list[str] = []
+    phases = {name: (lambda name=name: calls.append(name)) for name in providers.PHASES}
+    phase_times: dict[str, list[float]] = {}
+    times = measure.time_steps(lambda: None, torch.device("cpu"), warmup=2, repeat=4,
+                               budget_s=10.0, phases=phases, phase_times=phase_times)
+    assert len(times) == 4 and calls == list(providers.PHASES) * 6  # 2 warmup + 4 timed
+    assert {k: len(v) for k, v in phase_times.items()} == dict.fromkeys(providers.PHASES, 4)
+    calls.clear()
+    synced: dict[str, list[float]] = {}
+    measure._time_phases_synced(phases, torch.device("cpu"), 3, synced)
+    assert calls == list(providers.PHASES) * 3
+    assert all(len(v) == 3 and min(v) >= 0 for v in synced.values())

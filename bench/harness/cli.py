@@ -71,7 +71,8 @@ def parse_args(argv):
     comp.add_argument("--no-compile", dest="compile", action="store_false")
     p.add_argument("--isolate", choices=["workload", "provider", "none"], default="workload",
                    help="one subprocess per workload (default), per provider, or none (all in "
-                   "this process: faster start, memory of one provider can linger into the next)")
+                   "this process: faster start, memory of one provider can linger into the next; "
+                   "a malloc mode other than this process' own still runs in workers)")
     p.add_argument("--malloc", choices=["default", "tuned", "both"],
                    help="glibc allocator mode of the workers: default, tuned "
                    "(MALLOC_MMAP_THRESHOLD_=MALLOC_TRIM_THRESHOLD_=4294967296 in their "
