@@ -91,12 +91,16 @@ def _train(cls, make_opt, sparse: bool, fused: bool = False):
         idx, bounds, grad = bag_inputs(inputs)
         offsets = bounds[:-1]
 
-        def step():
-            table(idx, offsets).backward(grad)
+        def optimizer():
             opt.step()
             opt.zero_grad(set_to_none=True)
 
-        return _providers().Case(step, params=[table.weight], optimizer=opt)
+        p = _providers()
+        step, phases = p.train_phases(
+            lambda: table(idx, offsets), lambda out: out.backward(grad), optimizer
+        )
+        return p.Case(step, params=[table.weight], optimizer=opt, phases=phases,
+                      in_backward=fused)
 
     return build
 
@@ -106,11 +110,10 @@ def _fbgemm_train(optimizer: str):
         tbe = _providers()._fbgemm_tbe(inputs, optimizer, pooling="SUM")
         idx, offsets, grad = bag_inputs(inputs)
 
-        def step():  # the update is fused into FBGEMM's backward
-            tbe(idx, offsets).backward(grad)
-
-        p = _providers()
-        return p.Case(step, params=tbe.split_embedding_weights(), extra_state=p._fbgemm_states(tbe))
+        p = _providers()  # the update is fused into FBGEMM's backward: no optimizer phase
+        step, phases = p.train_phases(lambda: tbe(idx, offsets), lambda out: out.backward(grad))
+        return p.Case(step, params=tbe.split_embedding_weights(),
+                      extra_state=p._fbgemm_states(tbe), phases=phases, in_backward=True)
 
     return build
 

@@ -5,14 +5,17 @@ Runs a sweep of workloads (``--quick``: the issue's target sizes, V = 1e5 and 1e
 N = 65,536 Zipf indices, float32; ``--full``: D in {64, 128, 256}, V up to 1e7 where memory
 allows, Zipf and uniform, float32 and bfloat16) on the detected device (CUDA if present, else
 CPU), then prints one table per group (median step time, steps/s, each peer's time over ours,
-peak memory, GB/s for gathers and optimizer steps against the measured copy bandwidth), the
+peak memory, GB/s for gathers and optimizer steps against the measured copy bandwidth, and a
+training step's forward / backward / optimizer times), the
 issue's targets as MET/MISSED, and writes ``results.json``, ``report.md`` and ``plot.png``
 into ``--out`` (default ``bench/out/<device>-<date>/``).
 
 Each workload runs in its own subprocess (``--isolate provider``: each provider too, about 5x
 slower, and steadier: providers sharing a process can slow whichever runs first, as seen on the
 CPU's sparsemb + SparseAdam step), so one table of 1e7 rows never shares memory with the next
-and peak memory is measured cleanly: on CPU,
+and peak memory is measured cleanly; ``--malloc both`` (CPU's default) runs every workload twice,
+in workers with glibc's default allocator and with its mmap and trim thresholds raised
+(``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_``), and judges the targets in each. On CPU,
 peak RSS over the RSS before the provider was built (VmHWM, reset per provider); on GPU,
 ``torch.cuda.max_memory_allocated`` over the memory in use before it was built.
 
@@ -37,7 +40,7 @@ import torch
 from . import machine, measure, report
 from .providers import GROUPS, QUICK_GROUPS, fbgemm_status
 from .targets import TARGET_WORKLOAD, evaluate_targets, missed_rows
-from .worker import ROOT, run_workers, worker_env
+from .worker import ROOT, malloc_modes, run_workers, worker_env
 from .workloads import Workload, grid
 
 
@@ -68,7 +71,13 @@ def parse_args(argv):
     comp.add_argument("--no-compile", dest="compile", action="store_false")
     p.add_argument("--isolate", choices=["workload", "provider", "none"], default="workload",
                    help="one subprocess per workload (default), per provider, or none (all in "
-                   "this process: faster start, memory of one provider can linger into the next)")
+                   "this process: faster start, memory of one provider can linger into the next; "
+                   "a malloc mode other than this process' own still runs in workers)")
+    p.add_argument("--malloc", choices=["default", "tuned", "both"],
+                   help="glibc allocator mode of the workers: default, tuned "
+                   "(MALLOC_MMAP_THRESHOLD_=MALLOC_TRIM_THRESHOLD_=4294967296 in their "
+                   "environment), or both, every provider in each (default: both on CPU, "
+                   "default on CUDA)")
     p.add_argument("--threads", type=int, help="torch.set_num_threads in the workers")
     p.add_argument("--omp-wait-policy", choices=["passive", "default"], default="passive",
                    help="CPU workers: OMP_WAIT_POLICY=PASSIVE (default; steady on a shared "
@@ -83,8 +92,8 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
-def plan_tasks(args) -> list[tuple[Workload, str, str]]:
-    """(workload, group, provider) in run order."""
+def plan_tasks(args) -> list[tuple[Workload, str, str, str]]:
+    """(workload, group, provider, malloc mode) in run order: per workload, each mode in turn."""
     groups = args.groups or (list(QUICK_GROUPS) if args.mode != "full" else list(GROUPS))
     unknown = [g for g in groups if g not in GROUPS]
     if unknown:
@@ -99,9 +108,10 @@ def plan_tasks(args) -> list[tuple[Workload, str, str]]:
         ]
     tasks = []
     for w in workloads:
-        for g in groups:
-            for p in GROUPS[g].providers:
-                tasks.append((w, g, p.name))
+        for malloc in malloc_modes(args):
+            for g in groups:
+                for p in GROUPS[g].providers:
+                    tasks.append((w, g, p.name, malloc))
     return tasks
 
 
@@ -112,7 +122,7 @@ class Plan:
 
     args: argparse.Namespace
     device: str
-    tasks: list[tuple[Workload, str, str]]
+    tasks: list[tuple[Workload, str, str, str]]
     out: Path
     today: str
     command: str
@@ -145,6 +155,8 @@ def plan(args: argparse.Namespace, argv: list[str]) -> Plan:
         raise SystemExit("--device cuda: torch sees no CUDA device")
     if args.compile is None:
         args.compile = not (device == "cpu" and args.mode == "quick")
+    if args.malloc is None:
+        args.malloc = "both" if device == "cpu" else "default"
     today = _dt.date.today().isoformat()
     out = args.out or ROOT / "bench" / "out" / f"{device}-{today}"
     info = machine.device_info(device)
@@ -158,7 +170,8 @@ def plan(args: argparse.Namespace, argv: list[str]) -> Plan:
         f"sparsemb bench {args.mode} on {device} ({info['device_name']}), torch {info['torch']}; "
         f"copy bandwidth {copy['gbps']:.1f} GB/s; "
         f"fbgemm: {'available' if fb is None else fb}; "
-        f"torch.compile peers: {'on' if args.compile else 'off (--compile to include)'}",
+        f"torch.compile peers: {'on' if args.compile else 'off (--compile to include)'}; "
+        f"glibc malloc: {' and '.join(malloc_modes(args))}",
         file=sys.stderr,
     )
     command = "python -m bench.harness " + " ".join(shlex.quote(a) for a in argv)
@@ -167,12 +180,13 @@ def plan(args: argparse.Namespace, argv: list[str]) -> Plan:
 
 def print_plan(p: Plan) -> None:
     """``--dry-run``: each configuration, and why memory or options rule it out."""
-    for w, g, name in p.tasks:
+    for w, g, name, malloc in p.tasks:
         prov = GROUPS[g].provider(name)
         why = measure.memory_check(prov, w, torch.device(p.device))
         if prov.needs_compile and not p.args.compile:
             why = "torch.compile peers off"
-        print(f"{w.label():45s} {g:22s} {name:40s} {'skip: ' + why if why else 'run'}")
+        print(f"{w.label():45s} {malloc:8s} {g:22s} {name:40s} "
+              f"{'skip: ' + why if why else 'run'}")
     print(f"{len(p.tasks)} configurations in {len({t[0] for t in p.tasks})} workloads")
 
 
@@ -183,7 +197,7 @@ def run(p: Plan) -> Sweep:
     omp = (
         os.environ.get("OMP_WAIT_POLICY", "unset")
         if args.isolate == "none"
-        else worker_env(args, p.device).get("OMP_WAIT_POLICY", "unset")
+        else worker_env(args, p.device, malloc_modes(args)[0]).get("OMP_WAIT_POLICY", "unset")
     )
     load_start = machine.load()
     rows = run_workers(p.tasks, args, p.device, p.out / "logs")
@@ -199,13 +213,14 @@ def run(p: Plan) -> Sweep:
 def _profile_missed(targets: list[dict], p: Plan) -> list[dict]:
     """torch.profiler tables of the rows behind each missed target, at the target size."""
     wl = Workload(**TARGET_WORKLOAD)
-    tasks = [(wl, group, provider) for group, provider in missed_rows(targets)]
+    tasks = [(wl, group, provider, malloc) for group, provider, malloc in missed_rows(targets)]
     if not tasks:
         return []
     rows = run_workers(tasks, p.args, p.device, p.out / "logs", profile=True)
     for r in rows:
         if r.get("profile"):
-            slug = re.sub(r"[^A-Za-z0-9]+", "_", f"{r['group']}__{r['provider']}").strip("_")
+            name = f"{r['group']}__{r['provider']}__{r['malloc']}"
+            slug = re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")
             (p.out / f"profile_{slug}.txt").write_text(r["profile"])
     return rows
 

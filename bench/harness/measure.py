@@ -83,6 +83,8 @@ def time_steps(
     min_rounds: int = 3,
     min_round_s: float = 0.005,
     cpu_times: list[float] | None = None,
+    phases: dict[str, Callable[[], object]] | None = None,
+    phase_times: dict[str, list[float]] | None = None,
 ) -> list[float]:
     """Seconds per step of each timed round: ``repeat`` rounds, fewer (not under ``min_rounds``)
     when the rounds pass ``budget_s``; warmup rounds stop early (after two) when one takes over
@@ -92,7 +94,25 @@ def time_steps(
     chosen so a round lasts about ``min_round_s``: a 30 us gather is not timed against a 10 us
     synchronize and the timer's own overhead. ``cpu_times``, when given, receives each round's
     process CPU time per step (all threads): the work done, whatever else runs on the machine.
+
+    ``phases`` ({name: callable}, one step in order) with ``phase_times``: each phase's seconds
+    per round go to ``phase_times[name]``. On CPU the timed rounds run the phases with a
+    ``perf_counter`` between them (no other cost); on CUDA the timed rounds stay as they are and
+    a separate pass of as many single steps synchronizes after each phase.
     """
+    if phases and phase_times is not None and device.type == "cpu":
+        order = tuple(phases.items())
+        for name in phases:
+            phase_times.setdefault(name, [])
+
+        def step() -> None:
+            t = time.perf_counter()
+            for name, phase in order:
+                phase()
+                now = time.perf_counter()
+                phase_times[name].append(now - t)
+                t = now
+
     run = timed(step, device)
     for i in range(warmup):
         t0 = time.perf_counter()
@@ -124,7 +144,26 @@ def time_steps(
         spent += dt
         if len(times) >= min_rounds and spent > budget_s:
             break
+    if phases and phase_times is not None:
+        if device.type == "cpu":  # keep the timed rounds' entries, drop the warmup's
+            for name in phase_times:
+                del phase_times[name][: -len(times)]
+        else:
+            _time_phases_synced(phases, device, len(times), phase_times)
     return times
+
+
+def _time_phases_synced(phases, device, rounds: int, phase_times: dict) -> None:
+    """``rounds`` single steps, a synchronize after each phase: seconds per phase (GPU)."""
+    for name in phases:
+        phase_times[name] = []
+    for _ in range(rounds):
+        synchronize(device)
+        for name, phase in phases.items():
+            t0 = time.perf_counter()
+            phase()
+            synchronize(device)
+            phase_times[name].append(time.perf_counter() - t0)
 
 
 def summarize(times: list[float]) -> dict:
@@ -292,9 +331,12 @@ def run_provider(
             case = provider.build(inputs)
             build_s = time.perf_counter() - t_build
             cpu_times: list[float] = []
+            phase_times: dict[str, list[float]] = {}
             times = time_steps(
-                case.step, inputs.device, warmup, repeat, budget_s, cpu_times=cpu_times
+                case.step, inputs.device, warmup, repeat, budget_s, cpu_times=cpu_times,
+                phases=case.phases, phase_times=phase_times,
             )
+            in_backward = case.in_backward
             weights_b, state_b = case.resident_bytes()
             state_row = case.state_row_bytes(w.num_embeddings)
     except Unavailable as exc:
@@ -307,6 +349,14 @@ def run_provider(
     row["times_s"] = times
     row["cpu_median_s"] = statistics.median(cpu_times)
     row["build_s"] = build_s
+    if phase_times:
+        row["phase_median_s"] = {k: statistics.median(v) for k, v in phase_times.items() if v}
+        row["phase_times_s"] = phase_times
+        row["phase_method"] = (
+            "perf_counter between phases in the timed rounds" if inputs.device.type == "cpu"
+            else "a separate pass, cuda synchronize after each phase"
+        )
+        row["optimizer_in_backward"] = in_backward
     row["memory_method"] = mem.method
     row["peak_bytes"] = mem.peak_bytes
     row["weights_bytes"] = weights_b
@@ -327,10 +377,11 @@ def run_provider(
 
 def add_ratios(rows: list[dict]) -> None:
     """Set ``ratio`` (this provider's median / ours, >1: sparsemb is faster) on every timed row
-    and ``peer_ratios`` ({peer: ratio}) on ours, within each (group, workload)."""
+    and ``peer_ratios`` ({peer: ratio}) on ours, within each (group, workload, malloc mode)."""
     by_key: dict[tuple, list[dict]] = {}
     for r in rows:
-        by_key.setdefault((r["group"], r["workload_label"]), []).append(r)
+        key = (r["group"], r["workload_label"], r.get("malloc", "default"))
+        by_key.setdefault(key, []).append(r)
     for members in by_key.values():
         ours = next((r for r in members if r["ours"] and r.get("median_s")), None)
         for r in members:

@@ -60,6 +60,10 @@ def ours_step_name(kind: str) -> str:
     return f"sparsemb + {_SPARSEMB_OPT[kind]}"
 
 
+def ours_fused_step_name(kind: str) -> str:
+    return f"sparsemb fused-backward {_OPT_LABEL[kind]}"
+
+
 def torch_dense_step_name(kind: str, fused: bool = False) -> str:
     return f"torch dense + {_OPT_LABEL[kind]}" + ("(fused=True)" if fused else "")
 
@@ -73,6 +77,12 @@ def fbgemm_step_name(kind: str) -> str:
 
 
 STEP_ADAM = step_group_name("adam")
+STEP_ADAGRAD = step_group_name("adagrad")
+STEP_SGD = step_group_name("sgd")
+SPARSEMB_ADAGRAD = ours_step_name("adagrad")
+SPARSEMB_SGD = ours_step_name("sgd")
+TORCH_SPARSE_ADAGRAD = torch_sparse_step_name("adagrad")
+TORCH_SPARSE_SGD = torch_sparse_step_name("sgd")
 STEP_ROWWISE_ADAGRAD = step_group_name("rowwise_adagrad")
 SPARSEMB_ADAM = ours_step_name("adam")
 TORCH_DENSE_ADAM = torch_dense_step_name("adam")
@@ -91,9 +101,18 @@ class Unavailable(Exception):
 # ----------------------------------------------------------------------------------------------
 
 
+PHASES = ("forward", "backward", "optimizer")  # a training step's phases, in order
+
+
 @dataclass
 class Case:
-    """A built provider: ``step()`` runs one timed step (no device sync)."""
+    """A built provider: ``step()`` runs one timed step (no device sync).
+
+    A training step's case also has ``phases``: {phase name: callable}, in ``PHASES`` order, that
+    run one step between them (the optimizer phase includes ``zero_grad``); the timer times each.
+    A phase the provider does not run separately (FBGEMM's and the fused-backward optimizers,
+    which update inside backward) is missing or named in ``in_backward``.
+    """
 
     step: Callable[[], object]
     params: list[Tensor] = field(default_factory=list)  # weights (counted as resident)
@@ -101,6 +120,8 @@ class Case:
     extra_state: list[Tensor] = field(default_factory=list)  # e.g. FBGEMM's momentum
     rows_updated: int | None = None  # rows the optimizer reads and writes per step (GB/s)
     note: str = ""
+    phases: dict[str, Callable[[], object]] | None = None
+    in_backward: bool = False  # the optimizer update runs inside backward
 
     def state_tensors(self) -> list[Tensor]:
         tensors = list(self.extra_state)
@@ -225,16 +246,43 @@ def _fwd_bwd_case(module, inputs: Inputs, call=None) -> Case:
     return Case(step, params=[weight])
 
 
-def _train_case(module, opt, inputs: Inputs, call=None, rows_updated=None) -> Case:
+def train_phases(forward, backward, optimizer=None) -> tuple[Callable[[], None], dict]:
+    """One training step as phases: ``forward()`` returns the output, ``backward(out)`` runs
+    backward on it, ``optimizer()`` (if any) steps and zeroes the gradients. Returns the step
+    (the phases in order) and the phases, which pass the output through a cell."""
+    cell: list = [None]
+
+    def fwd():
+        cell[0] = forward()
+
+    def bwd():
+        out, cell[0] = cell[0], None
+        backward(out)
+
+    phases = {"forward": fwd, "backward": bwd}
+    if optimizer is not None:
+        phases["optimizer"] = optimizer
+    order = tuple(phases.values())
+
+    def step():
+        for phase in order:
+            phase()
+
+    return step, phases
+
+
+def _train_case(module, opt, inputs: Inputs, call=None, rows_updated=None,
+                in_backward=False) -> Case:
     idx, go = inputs.indices, inputs.grad_output
     run = module if call is None else call
 
-    def step():
-        run(idx).backward(go)
+    def optimizer():
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    return Case(step, params=[module.weight], optimizer=opt, rows_updated=rows_updated)
+    step, phases = train_phases(lambda: run(idx), lambda out: out.backward(go), optimizer)
+    return Case(step, params=[module.weight], optimizer=opt, rows_updated=rows_updated,
+                phases=phases, in_backward=in_backward)
 
 
 # torch optimizers on a dense or sparse nn.Embedding -------------------------------------------
@@ -360,14 +408,15 @@ def _fbgemm_train(inputs: Inputs, optimizer: str) -> Case:
     tbe = _fbgemm_tbe(inputs, optimizer)
     idx, off, go = inputs.indices, inputs.offsets, inputs.grad_output
 
-    def step():  # the optimizer update is fused into FBGEMM's backward
-        tbe(idx, off).backward(go)
-
+    # the optimizer update is fused into FBGEMM's backward: no optimizer phase
+    step, phases = train_phases(lambda: tbe(idx, off), lambda out: out.backward(go))
     return Case(
         step,
         params=tbe.split_embedding_weights(),
         extra_state=_fbgemm_states(tbe),
         rows_updated=inputs.unique_rows,
+        phases=phases,
+        in_backward=True,
     )
 
 
@@ -500,7 +549,8 @@ def _step_group(kind: str) -> Group:
     def ours_fused(i: Inputs) -> Case:
         module = _sparsemb_table(i, True)
         return _train_case(
-            module, _sparsemb_fused_backward(kind, module), i, rows_updated=i.unique_rows
+            module, _sparsemb_fused_backward(kind, module), i, rows_updated=i.unique_rows,
+            in_backward=True,
         )
 
     def torch_dense(fused: bool = False):
@@ -527,7 +577,7 @@ def _step_group(kind: str) -> Group:
     providers = [
         Provider(ours_step_name(kind), "sparsemb", ours, ours=True,
                  table_copies=1 + copies),
-        Provider(f"sparsemb fused-backward {label}", "sparsemb fused", ours_fused,
+        Provider(ours_fused_step_name(kind), "sparsemb fused", ours_fused,
                  table_copies=1 + copies),
     ]
     if kind == "rowwise_adagrad":  # no torch rule computes it; FBGEMM's is the peer
@@ -635,6 +685,7 @@ QUICK_GROUPS = (
     "fwd_bwd_sparse",
     "fwd_bwd_dense",
     "step_sgd",
+    "step_adagrad",
     "step_rowwise_adagrad",
     "step_adam",
     "optim_adam",

@@ -27,6 +27,20 @@ from .workloads import Workload, human_count, make_inputs
 ROOT = Path(__file__).resolve().parents[2]  # the repository: `python -m bench...` runs from it
 MARKER = "@@sparsemb-bench "
 TIME_LIMIT_REASON = "the --time-limit was reached"
+# glibc allocator modes a sweep runs its providers in, each through the workers' environment
+# (the same for every provider of a mode): "default" leaves glibc's dynamic mmap threshold,
+# "tuned" raises both thresholds so freed temporaries stay in the heap (no munmap, and no fresh
+# page faults on the next step's mmap)
+MALLOC_VARS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+MALLOC_TUNED_VALUE = "4294967296"
+MALLOC_MODES = ("default", "tuned")
+
+
+def malloc_modes(args) -> tuple[str, ...]:
+    """The malloc modes of a sweep (``--malloc``: default, tuned or both), in run order."""
+    return MALLOC_MODES if args.malloc == "both" else (args.malloc or "default",)
+
+
 MODES = {
     # warmup rounds, timed rounds, seconds of timed rounds before stopping early (min 3 rounds)
     "smoke": {"warmup": 1, "repeat": 2, "budget_s": 0.5},
@@ -66,6 +80,13 @@ def _run_tasks(spec: dict, emit, device) -> None:
     workload = Workload(**spec["workload"])
     inputs = make_inputs(workload, device)
     deadline = spec.get("deadline")
+    malloc = spec.get("malloc", "default")
+
+    def emit_row(row: dict) -> None:
+        row["malloc"] = malloc
+        row["malloc_env"] = {k: os.environ.get(k) for k in MALLOC_VARS}  # what glibc read
+        emit({"event": "row", "row": row})
+
     for group_name, provider_name in spec["tasks"]:
         group = GROUPS[group_name]
         provider = group.provider(provider_name)
@@ -90,7 +111,7 @@ def _run_tasks(spec: dict, emit, device) -> None:
                 row = skipped_row(group_name, provider, workload, None)
                 row["unique_rows"] = inputs.unique_rows
                 row["error"] = f"{type(exc).__name__}: {exc}"
-        emit({"event": "row", "row": row})
+        emit_row(row)
 
 
 def skipped_row(group_name, provider, workload, reason) -> dict:
@@ -136,21 +157,25 @@ def _profile_provider(group, provider, inputs) -> dict:
 
 
 def run_workers(tasks, args, device: str, log_dir: Path, profile: bool = False) -> list[dict]:
-    """Run ``tasks`` in subprocess workers (or in this process with ``--isolate none``);
-    return their rows (a row per task, always)."""
-    batches: list[tuple[Workload, list[tuple[str, str]]]] = []
-    for w, g, p in tasks:
-        if args.isolate == "provider" or not batches or batches[-1][0] != w:
-            batches.append((w, []))
-        batches[-1][1].append((g, p))
+    """Run ``tasks`` ((workload, group, provider, malloc mode)) in subprocess workers, one per
+    workload and malloc mode (or per provider); return their rows (a row per task, always).
+
+    With ``--isolate none`` a batch runs in this process when this process' environment is the
+    batch's malloc mode (glibc reads it at start), else in a worker like the others."""
+    batches: list[tuple[Workload, str, list[tuple[str, str]]]] = []
+    for w, g, p, malloc in tasks:
+        if args.isolate == "provider" or not batches or batches[-1][:2] != (w, malloc):
+            batches.append((w, malloc, []))
+        batches[-1][2].append((g, p))
     mode = MODES[args.mode]
     rows: list[dict] = []
     bar = tqdm(total=len(tasks), desc="profile" if profile else "sweep", unit="cfg",
                disable=args.no_progress, dynamic_ncols=True, file=sys.stderr)
     log_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="sparsemb-bench-") as tmp:
-        for i, (w, pairs) in enumerate(batches):
+        for i, (w, malloc, pairs) in enumerate(batches):
             spec = {
+                "malloc": malloc,
                 "device": device,
                 "workload": w.as_dict(),
                 "tasks": pairs,
@@ -164,13 +189,15 @@ def run_workers(tasks, args, device: str, log_dir: Path, profile: bool = False) 
             }
             spec_path = Path(tmp) / f"spec-{i}.json"
             spec_path.write_text(json.dumps(spec))
-            log_path = log_dir / f"{'profile' if profile else 'worker'}-{i:03d}-{w.slug()}.log"
+            kind = "profile" if profile else "worker"
+            log_path = log_dir / f"{kind}-{i:03d}-{w.slug()}-{malloc}.log"
             got = set()
 
-            def on_event(msg, w=w, got=got):
+            def on_event(msg, w=w, got=got, malloc=malloc):
                 if msg["event"] == "start":
                     bar.set_postfix_str(
-                        f"{human_count(w.num_embeddings)} {msg['group']} | {msg['provider']}"[:70]
+                        f"{human_count(w.num_embeddings)} {malloc} {msg['group']} | "
+                        f"{msg['provider']}"[:70]
                     )
                 elif msg["event"] == "row":
                     row = msg["row"]
@@ -181,18 +208,21 @@ def run_workers(tasks, args, device: str, log_dir: Path, profile: bool = False) 
             if args.deadline is not None and time.time() > args.deadline:
                 for g, p in pairs:
                     row = skipped_row(g, GROUPS[g].provider(p), w, TIME_LIMIT_REASON)
+                    row["malloc"] = malloc
                     on_event({"event": "row", "row": row})
                 continue
-            if args.isolate == "none":
+            env = worker_env(args, device, malloc)
+            if args.isolate == "none" and _same_malloc_env(env):
                 run_spec(spec, on_event)
                 continue
-            rc = _run_worker(spec_path, log_path, worker_env(args, device), on_event)
+            rc = _run_worker(spec_path, log_path, env, on_event)
             if rc != 0 or len(got) < len(pairs):
                 tail = log_path.read_text().strip().splitlines()[-1:] or [""]
                 for g, p in pairs:
                     if (g, p) in got:
                         continue
                     row = skipped_row(g, GROUPS[g].provider(p), w, None)
+                    row["malloc"] = malloc
                     row["error"] = f"worker exited with code {rc} ({tail[0][:200]}); {log_path}"
                     rows.append(row)
                     bar.update(1)
@@ -221,17 +251,30 @@ def _run_worker(spec_path: Path, log_path: Path, env: dict[str, str], on_event) 
         return proc.wait()
 
 
-def worker_env(args, device: str) -> dict[str, str]:
-    """The workers' environment: ours, plus OMP_WAIT_POLICY=PASSIVE on CPU unless told otherwise.
+def _same_malloc_env(env: dict[str, str]) -> bool:
+    return all(os.environ.get(k) == env.get(k) for k in MALLOC_VARS)
+
+
+def worker_env(args, device: str, malloc: str = "default") -> dict[str, str]:
+    """The workers' environment: ours, plus OMP_WAIT_POLICY=PASSIVE on CPU unless told otherwise,
+    and the malloc mode's variables (``MALLOC_VARS`` unset for "default", set to
+    ``MALLOC_TUNED_VALUE`` for "tuned", whatever this process has).
 
     With OpenMP's default (spin, then sleep), a parallel region on a machine where other
     processes hold a core waits for its descheduled thread for whole scheduler slices: a 65,536
     element sort took 190-280 ms instead of 2-5 ms on a shared 2-core VM. Passive waiting keeps
     the numbers steady there and costs little on an idle machine; every provider runs under it.
     """
+    if malloc not in MALLOC_MODES:
+        raise ValueError(f"unknown malloc mode {malloc!r}; choose from {MALLOC_MODES}")
     env = dict(os.environ)
     if device == "cpu" and args.omp_wait_policy == "passive":
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    for k in MALLOC_VARS:
+        if malloc == "tuned":
+            env[k] = MALLOC_TUNED_VALUE
+        else:
+            env.pop(k, None)
     return env
 
 
