@@ -6,11 +6,14 @@ The corpus is built from files gensim ships in its package (nothing is downloade
 tokenized once with the example's tokenizer and cut into lines of at most 1,000 tokens (gensim
 truncates longer sentences; the example never pairs words across lines). Both train skip-gram
 with negative sampling (dim, window, negatives, min count and subsampling equal); gensim with
-``--gensim-workers`` threads, sparsemb with ``--threads``. The vectors of both are scored with
-gensim's ``evaluate_word_pairs`` (wordsim353, Spearman) and ``evaluate_word_analogies``
-(questions-words, accuracy), on the files gensim ships.
+``--gensim-workers`` threads, sparsemb with ``--threads``. sparsemb trains with the example's
+``--recipe gensim`` (SparseAdam lr 0.005, batch 8192, 7 epochs, fused backward) unless
+``--recipe none``; the sparsemb options given here win over the recipe's. The vectors of both
+are scored with gensim's ``evaluate_word_pairs`` (wordsim353, Spearman) and
+``evaluate_word_analogies`` (questions-words, accuracy), on the files gensim ships.
 
-    python -m bench.word2vec_vs_gensim --gensim-epochs 5 --sparsemb-epochs 1   # from the repo root
+    python -m bench.word2vec_vs_gensim                     # gensim 40 epochs against the recipe
+    python -m bench.word2vec_vs_gensim --gensim-epochs 5 --sparsemb-epochs 1   # a quick look
 
 Writes ``bench/out/word2vec_vs_gensim/<date>.json`` (or ``--json``) and prints a table.
 """
@@ -93,35 +96,51 @@ def run_gensim(corpus: Path, args) -> dict:
 def run_sparsemb(example, corpus: Path, args, out: Path) -> dict:
     from gensim.models import KeyedVectors
 
-    argv = ["--corpus", str(corpus), "--epochs", str(args.sparsemb_epochs), "--dim",
-            str(args.dim), "--window", str(args.window), "--negatives", str(args.negatives),
-            "--min-count", str(args.min_count), "--sample", str(args.sample), "--batch-size",
-            str(args.batch_size), "--lr", str(args.lr), "--out", str(out), "--seed",
-            str(args.seed), "--no-progress", "--threads", str(args.threads), "--optimizer",
-            args.optimizer, "--lr-schedule", args.lr_schedule]
-    if args.fused_backward:
-        argv.append("--fused-backward")
-    summary = example.main(argv)
+    summary = example.main(sparsemb_argv(corpus, args, out))
     vectors = KeyedVectors.load_word2vec_format(summary["vectors"])
+    settings = ("steps", "steps_per_s", "batch_size", "lr", "optimizer", "lr_schedule", "betas",
+                "scale_grad_by_freq", "fused_backward", "recipe", "tokens", "vocab_size")
     return {"provider": "sparsemb", "epochs": summary["epochs"],
             "train_seconds": summary["train_seconds"], "threads": summary["threads"],
-            "steps": summary["steps"], "steps_per_s": summary["steps_per_s"],
-            "batch_size": args.batch_size, "lr": args.lr, "optimizer": args.optimizer,
-            "lr_schedule": args.lr_schedule, "fused_backward": args.fused_backward,
-            "tokens": summary["tokens"], "vocab_size": summary["vocab_size"], **evaluate(vectors)}
+            **{name: summary[name] for name in settings}, **evaluate(vectors)}
 
 
-def main(argv=None) -> dict:
+def sparsemb_argv(corpus: Path, args, out: Path) -> list[str]:
+    """The example's command line: the shared settings, the recipe, and the sparsemb options
+    given here (left unset, the recipe's or the example's defaults apply)."""
+    argv = ["--corpus", str(corpus), "--dim", str(args.dim), "--window", str(args.window),
+            "--negatives", str(args.negatives), "--min-count", str(args.min_count), "--sample",
+            str(args.sample), "--out", str(out), "--seed", str(args.seed), "--no-progress",
+            "--threads", str(args.threads)]
+    if args.recipe != "none":
+        argv += ["--recipe", args.recipe]
+    for flag, value in (("--epochs", args.sparsemb_epochs), ("--batch-size", args.batch_size),
+                        ("--lr", args.lr), ("--optimizer", args.optimizer),
+                        ("--lr-schedule", args.lr_schedule)):
+        if value is not None:
+            argv += [flag, str(value)]
+    if args.betas is not None:
+        argv += ["--betas", *map(str, args.betas)]
+    argv += ["--fused-backward"] * args.fused_backward
+    argv += ["--scale-grad-by-freq"] * args.scale_grad_by_freq
+    return argv
+
+
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--gensim-epochs", type=int, default=5)
-    p.add_argument("--sparsemb-epochs", type=int, default=1)
+    p.add_argument("--gensim-epochs", type=int, default=40)
+    p.add_argument("--recipe", choices=("gensim", "none"), default="gensim",
+                   help="the example's --recipe for sparsemb (none: the example's defaults)")
+    p.add_argument("--sparsemb-epochs", type=int, help="default: the recipe's (7)")
     p.add_argument("--gensim-workers", type=int, default=1)
     p.add_argument("--threads", type=int, default=1, help="sparsemb's torch CPU threads")
-    p.add_argument("--batch-size", type=int, default=4096)
-    p.add_argument("--lr", type=float, default=0.005)
-    p.add_argument("--optimizer", choices=("adam", "adagrad", "sgd"), default="adam")
-    p.add_argument("--lr-schedule", choices=("constant", "linear"), default="constant")
-    p.add_argument("--fused-backward", action="store_true")
+    p.add_argument("--batch-size", type=int, help="default: the recipe's (8192)")
+    p.add_argument("--lr", type=float, help="default: the recipe's (0.005)")
+    p.add_argument("--optimizer", choices=("adam", "adagrad", "rowwise_adagrad", "sgd"))
+    p.add_argument("--lr-schedule", choices=("constant", "linear"))
+    p.add_argument("--betas", type=float, nargs=2, metavar=("BETA1", "BETA2"))
+    p.add_argument("--fused-backward", action="store_true", help="(the recipe sets it)")
+    p.add_argument("--scale-grad-by-freq", action="store_true")
     p.add_argument("--skip", choices=("gensim", "sparsemb"), help="run one side only")
     p.add_argument("--dim", type=int, default=100)
     p.add_argument("--window", type=int, default=5)
@@ -132,7 +151,11 @@ def main(argv=None) -> dict:
     p.add_argument("--max-lines", type=int, help="train on the corpus's first lines only (smoke)")
     p.add_argument("--out", type=Path, default=OUT, help="corpus cache and sparsemb's outputs")
     p.add_argument("--json", type=Path, help="where to write the results")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
     load_at_start = os.getloadavg()
     example = load_example()
     corpus = build_corpus(example, args.out / "corpus-lee-enwiki.txt")

@@ -110,7 +110,10 @@ def test_recipe_sets_its_options_and_explicit_options_win(example):
     for name, value in example.RECIPES["gensim"].items():
         assert getattr(args, name) == value
     args = example.parse_args(["--recipe", "gensim", "--epochs", "2", "--lr", "0.01"])
-    assert (args.epochs, args.lr, args.batch_size) == (2, 0.01, 4096)
+    assert (args.epochs, args.lr) == (2, 0.01)
+    assert args.batch_size == example.RECIPES["gensim"]["batch_size"] != 1024
+    # an option given its default value is still given: the recipe leaves it alone
+    assert example.parse_args(["--recipe", "gensim", "--batch-size", "1024"]).batch_size == 1024
     assert not example.parse_args(["--recipe", "gensim", "--baseline", "torch"]).fused_backward
     with pytest.raises(SystemExit):
         example.parse_args(["--min-lr-ratio", "2"])
@@ -126,3 +129,41 @@ def test_linear_schedule_trains_and_ends_at_the_floor(example, tmp_path, one_thr
     assert summary["lr_schedule"] == "linear" and summary["epochs"] == 3
     # epochs differ a little in pairs (subsampling): the last step is near the schedule's end
     assert 0.02 * 0.1 <= summary["final_lr"] < 0.02 * 0.15
+
+
+def test_table_and_optimizer_options_reach_the_model(example):
+    """--scale-grad-by-freq reaches both tables and --betas the Adam rule; rowwise_adagrad is
+    sparsemb's RowWiseAdagrad."""
+    model, optimizer = example.build("sparsemb", 10, 4, 0.01, "cpu", "adam",
+                                      scale_grad_by_freq=True, betas=(0.5, 0.9))
+    assert model.inp.scale_grad_by_freq and model.out.scale_grad_by_freq
+    assert optimizer.param_groups[0]["betas"] == (0.5, 0.9)
+    model, optimizer = example.build("sparsemb", 10, 4, 0.01, "cpu", "rowwise_adagrad")
+    assert not model.inp.scale_grad_by_freq and not model.out.scale_grad_by_freq
+    assert type(optimizer).__name__ == "RowWiseAdagrad"
+    model, _ = example.build("torch-dense", 10, 4, 0.01, "cpu", "sgd", scale_grad_by_freq=True)
+    assert model.inp.scale_grad_by_freq
+    args = example.parse_args(["--betas", "0.5", "0.9", "--scale-grad-by-freq"])
+    assert args.betas == [0.5, 0.9] and args.scale_grad_by_freq
+    for bad in (["--optimizer", "sgd", "--betas", "0.5", "0.9"],
+                ["--optimizer", "rowwise_adagrad", "--baseline", "torch"],
+                ["--scale-grad-by-freq", "--baseline", "torch"]):
+        with pytest.raises(SystemExit):
+            example.parse_args(bad)
+
+
+def test_scale_grad_by_freq_changes_the_training(example, tmp_path, one_thread):
+    """The flag reaches the lookups: the same run with it follows another loss curve, which
+    stays finite and goes down; the summary records it."""
+    corpus = str(tiny_corpus(tmp_path / "corpus.txt"))
+    runs = {}
+    for scaled in (False, True):
+        out = tmp_path / f"out{scaled}"
+        argv = ["--smoke", "--corpus", corpus, "--out", str(out), "--steps", "40", "--probe",
+                "cat", "--optimizer", "sgd", "--lr", "5", *one_thread]
+        runs[scaled] = example.main(argv + (["--scale-grad-by-freq"] if scaled else []))
+        check_run(runs[scaled], out, "sparsemb")
+        assert runs[scaled]["scale_grad_by_freq"] is scaled
+    # step 0 sees the same tables; the updates differ from there on
+    assert runs[True]["losses"][0] == runs[False]["losses"][0]
+    assert runs[True]["losses"][1:] != pytest.approx(runs[False]["losses"][1:], rel=1e-3)
