@@ -137,14 +137,22 @@ def expand_grad(
         return padded.index_select(0, slot).masked_fill_(arg != positions, 0)
     lengths = offsets[1:] - offsets[:-1]
     if mode == MEAN:
-        counts = bag_counts(indices, offsets, padding_idx) if padding_idx >= 0 else lengths
-        grad = (grad.to(acc) / counts.clamp(min=1).to(acc).unsqueeze(1)).to(grad.dtype)
+        grad = _divided_by_counts(grad, indices, offsets, padding_idx)
     rows = _per_position(grad, lengths, n)
     if per_sample_weights is not None:
         rows = (rows.to(acc) * per_sample_weights.to(acc).unsqueeze(1)).to(grad.dtype)
     if padding_idx >= 0:
         rows.masked_fill_((indices == padding_idx).unsqueeze(1), 0)
     return rows
+
+
+def _divided_by_counts(grad: Tensor, indices: Tensor, offsets: Tensor, padding_idx: int) -> Tensor:
+    """Mean's bag gradient: each bag's row divided by its count of pooled (non-padding)
+    positions, in the accumulation dtype, rounded back to ``grad``'s dtype."""
+    acc = state_dtype(grad.dtype)
+    lengths = offsets[1:] - offsets[:-1]
+    counts = bag_counts(indices, offsets, padding_idx) if padding_idx >= 0 else lengths
+    return (grad.to(acc) / counts.clamp(min=1).to(acc).unsqueeze(1)).to(grad.dtype)
 
 
 def pooled_dedup_grad(
@@ -170,9 +178,7 @@ def pooled_dedup_grad(
     n, dim = indices.shape[0], grad.shape[1]
     acc = state_dtype(grad.dtype)
     if mode == MEAN:
-        lengths = offsets[1:] - offsets[:-1]
-        counts = bag_counts(indices, offsets, padding_idx) if padding_idx >= 0 else lengths
-        grad = (grad.to(acc) / counts.clamp(min=1).to(acc).unsqueeze(1)).to(grad.dtype)
+        grad = _divided_by_counts(grad, indices, offsets, padding_idx)
     unique, counts, order, starts = sorted_segments(indices, num_weights)
     if n == 0 or dim == 0:
         values = grad.new_zeros(unique.numel(), dim, dtype=acc)
