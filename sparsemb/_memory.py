@@ -104,7 +104,7 @@ class _OutputPool:
         self._storages: list[torch.UntypedStorage] = []
 
     def empty(self, rows: int, dim: int, dtype: torch.dtype) -> Tensor:
-        need = rows * dim * torch.empty((), dtype=dtype).element_size()
+        need = rows * dim * dtype.itemsize
         with self._lock:
             for storage in self._storages:
                 if need <= storage.nbytes() <= need + need // 4 and _unused(storage):
@@ -135,7 +135,7 @@ _pool = _OutputPool()
 def output(rows: int, dim: int, dtype: torch.dtype) -> Tensor:
     """An uninitialized (rows, dim) CPU tensor for a lookup output: from the pool when large
     (``SPARSEMB_OUTPUT_POOL=0`` turns it off), else ``torch.empty``."""
-    size = rows * dim * torch.empty((), dtype=dtype).element_size()
+    size = rows * dim * dtype.itemsize
     if size < MIN_BYTES or os.environ.get("SPARSEMB_OUTPUT_POOL", "1") == "0":
         return torch.empty(rows, dim, dtype=dtype)
     if size > POOL_MAX_BUFFER:  # not kept after use: a one-off giant batch must not stay resident

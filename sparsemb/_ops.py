@@ -81,14 +81,22 @@ def _renorm_sorting(
 
 def renorm_for_lookup(
     weight: Tensor, indices: Tensor, max_norm: float, norm_type: float, check_bounds: bool
-) -> tuple[Tensor, Tensor] | None:
-    """The max_norm renorm before a lookup: in eager code it returns the sort it made on the
-    Triton path (for ``lookup(presorted=...)``, so backward does not sort again); while
-    torch.compile traces, the registered op, and None (compiled backward sorts again)."""
+) -> tuple[Tensor | None, tuple[Tensor, Tensor] | None]:
+    """The max_norm renorm before a lookup: (the looked-up rows, if it gathered them; the sort
+    of the indices, if it made one). Eager code on the pure-PyTorch CPU path renorms and
+    gathers in one pass (``torch_renorm.gather_renormed_``: for ``lookup(gathered=...)``); on
+    the Triton path it returns its sort (for ``lookup(presorted=...)``, so backward does not
+    sort again); while torch.compile traces, the registered op, and neither."""
     if torch.compiler.is_compiling():
         renorm_(weight, indices, max_norm, norm_type, check_bounds)
-        return None
-    return _renorm_sorting(weight, indices, max_norm, norm_type, check_bounds)
+        return None, None
+    if weight.device.type == "cpu" and not uses_triton(weight):
+        if check_bounds:
+            check_index_range(indices, weight.shape[0])
+        rows = torch_renorm.gather_renormed_(weight, indices, max_norm, norm_type)
+        torch.autograd.graph.increment_version(weight)
+        return rows, None
+    return None, _renorm_sorting(weight, indices, max_norm, norm_type, check_bounds)
 
 
 renorm_ = torch.library.custom_op("sparsemb::renorm_", _renorm_impl, mutates_args=("weight",))

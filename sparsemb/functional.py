@@ -12,9 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from sparsemb import _autograd, _ops
-from sparsemb._backend import uses_triton
 from sparsemb._checks import check_lookup_args, normalize_padding_idx
-from sparsemb.torch_backend import renorm as torch_renorm
 
 
 def embedding(
@@ -43,22 +41,12 @@ def embedding(
             input, weight, padding_idx, max_norm, norm_type, scale_grad_by_freq, check_bounds
         )
     flat = input.reshape(-1)  # may stay a strided or expanded view: the kernels take strides
-    gathered = None  # the rows, gathered by the CPU renorm (eager)
-    presorted = None  # the renorm's sort of ``flat`` (Triton path, eager): backward reuses it
-    if max_norm is not None and _gathers_while_renorming(weight):
-        with torch.no_grad():
-            if check_bounds:
-                _ops.check_index_range(flat, weight.shape[0])
-            gathered = torch_renorm.gather_renormed_(
-                weight.detach(), flat, float(max_norm), float(norm_type)
-            )
-            torch.autograd.graph.increment_version(weight)
-        check_bounds = False
-    elif max_norm is not None:
+    gathered = presorted = None  # what the renorm did for the lookup (see renorm_for_lookup)
+    if max_norm is not None:
         with torch.no_grad():
             # On a detached alias, as torch does: forward-mode AD must not see the renorm (it
             # would rewrite the caller's tangent); the version counter is shared.
-            presorted = _ops.renorm_for_lookup(
+            gathered, presorted = _ops.renorm_for_lookup(
                 weight.detach(), flat, float(max_norm), float(norm_type), check_bounds
             )
         check_bounds = False  # the renorm validated the indices before writing
@@ -67,16 +55,6 @@ def embedding(
         presorted=presorted,
     )
     return out.view(*input.shape, weight.shape[1])
-
-
-def _gathers_while_renorming(weight: Tensor) -> bool:
-    """Whether the max_norm renorm and the gather run as one pass (``gather_renormed_``): eager
-    code on the pure-PyTorch CPU path. Elsewhere the renorm is its own op, then the gather."""
-    return (
-        weight.device.type == "cpu"
-        and not torch.compiler.is_compiling()
-        and not uses_triton(weight)
-    )
 
 
 def _lookup_under_functorch(

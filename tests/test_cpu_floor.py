@@ -151,3 +151,23 @@ def test_giant_outputs_are_not_kept(monkeypatch):
     out = _memory.output(4096, 1024, torch.float32)  # 16 MiB > the cap
     assert out.shape == (4096, 1024)
     assert [id(s) for s in _memory._pool._storages] == before
+
+
+@pytest.mark.parametrize("norm_type", [1.0, 2.0, 3.0, float("inf")])
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+def test_max_norm_one_pass_equals_torch_over_steps(index_dtype, norm_type):
+    """The blocked gather + norm check, on outputs large enough for the pool and several blocks:
+    first call renorms most rows, the second finds none over; both equal torch bit for bit
+    (weights and outputs; float32: the renorm scale is divided in double, as torch's), with
+    duplicates and a strided index view."""
+    gen = torch.Generator().manual_seed(11)
+    weight = torch.randn(3000, 256, generator=gen) * (torch.rand(3000, 1, generator=gen) * 2)
+    ours = sparsemb.Embedding.from_pretrained(weight.clone(), max_norm=5.0, norm_type=norm_type)
+    theirs = torch.nn.Embedding.from_pretrained(weight.clone(), max_norm=5.0, norm_type=norm_type)
+    base = (torch.rand(2, 20000, generator=gen) ** 2 * 3000).to(index_dtype)
+    idx = base[:, ::2]  # strided: (2, 10000) -> 20,000 rows, 20 MB of output, 3 blocks
+    for _ in range(2):
+        out = ours(idx.clone())
+        ref = theirs(idx.clone().long())
+        assert torch.equal(out, ref)
+        assert torch.equal(ours.weight, theirs.weight)

@@ -22,8 +22,12 @@ def row_norms(rows: Tensor, norm_type: float) -> Tensor:
 
 
 def renorm_scales(norms: Tensor, max_norm: float) -> Tensor:
-    """Per-row factor: max_norm / (norm + 1e-7) where norm > max_norm, else 1."""
-    scale = max_norm / (norms + RENORM_EPS)
+    """Per-row factor: max_norm / (norm + 1e-7) where norm > max_norm, else 1.
+
+    Divided in float64 and rounded to the norms' dtype, as torch's ``embedding_renorm_``
+    computes its scale in double and multiplies the row by it: the renormed rows equal torch's
+    bit for bit (a float32 division differed from it by 1-2 ulp)."""
+    scale = (max_norm / (norms.double() + RENORM_EPS)).to(norms.dtype)
     return torch.where(norms > max_norm, scale, torch.ones_like(scale))
 
 
@@ -56,10 +60,9 @@ def gather_renormed_(weight: Tensor, indices: Tensor, max_norm: float, norm_type
     gathered again. Same values as the two separate steps (a row's norm is the same whether
     read from the weight or from its copy)."""
     n, dim = indices.shape[0], weight.shape[1]
-    out = _memory.output(n, dim, weight.dtype) if weight.device.type == "cpu" else None
-    if out is None or n == 0 or dim == 0:
-        renorm_(weight, indices, max_norm, norm_type)
+    if n == 0 or dim == 0:
         return weight.index_select(0, indices)
+    out = _memory.output(n, dim, weight.dtype)
     norms = torch.empty(n, dtype=state_dtype(weight.dtype))
     step = max(1, GATHER_BLOCK_BYTES // (dim * weight.element_size()))
     for start in range(0, n, step):
