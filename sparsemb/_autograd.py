@@ -79,11 +79,23 @@ def grad_is_sparsemb_output(weight: Tensor) -> bool:
     return produced is not None and weight.grad is not None and produced() is weight.grad
 
 
-def sparse_grad_tensor(unique: Tensor, values: Tensor, num_weights: int) -> Tensor:
-    """A coalesced COO gradient: torch's optimizers take it without a ``coalesce()`` pass."""
+def flags_coalesced(weight: Tensor) -> bool:
+    """Whether the sparse gradient of ``weight`` is flagged coalesced (its rows are unique and
+    ascending either way). Not on a CUDA table whose rows are not contiguous: for a gradient
+    flagged coalesced, torch's CUDA ``dense.add_(sparse)`` (torch.optim.SGD's update) writes
+    each row as contiguous elements, the wrong ones on such a table (seen on an H200 with torch
+    2.11); unflagged, it takes ``index_add_``, which follows the strides."""
+    return not (weight.is_cuda and not weight.is_contiguous())
+
+
+def sparse_grad_tensor(
+    unique: Tensor, values: Tensor, num_weights: int, coalesced: bool = True
+) -> Tensor:
+    """The COO gradient; flagged coalesced (``flags_coalesced``), torch's optimizers take it
+    without a ``coalesce()`` pass."""
     size = (num_weights, values.shape[1])
     return torch.sparse_coo_tensor(
-        unique.unsqueeze(0), values, size, is_coalesced=True, check_invariants=False
+        unique.unsqueeze(0), values, size, is_coalesced=coalesced, check_invariants=False
     )
 
 
@@ -156,7 +168,9 @@ def _save_lookup_context(
     ctx.scale_grad_by_freq = scale_grad_by_freq
     ctx.sparse = sparse
     ctx.fused_update = fused_update_of(weight)
-    ctx.grad_owner = weight if getattr(weight, _COALESCE_HOOK, False) else None
+    ctx.coalesced = flags_coalesced(weight)
+    hooked = getattr(weight, _COALESCE_HOOK, False) and ctx.coalesced
+    ctx.grad_owner = weight if hooked else None
 
 
 def _lookup_backward(ctx, grad):
@@ -186,7 +200,7 @@ def _lookup_backward(ctx, grad):
             unique, values = _ops.dedup_grad_presorted(grad, indices, *args, presorted)
         else:
             unique, values = _ops.ops().dedup_grad(grad, indices, *args)
-        weight_grad = sparse_grad_tensor(unique, values, ctx.num_weights)
+        weight_grad = sparse_grad_tensor(unique, values, ctx.num_weights, ctx.coalesced)
         if ctx.grad_owner is not None:
             setattr(ctx.grad_owner, _LAST_VALUES, (values.data_ptr(), values.numel()))
     else:
@@ -314,7 +328,9 @@ def _deliver_sparse_grad(
         if update is not None:
             update(unique, values)
             return
-        sparse = sparse_grad_tensor(unique, values.to(weight.dtype), num_weights)
+        sparse = sparse_grad_tensor(
+            unique, values.to(weight.dtype), num_weights, flags_coalesced(weight)
+        )
         if weight.grad is None:
             weight.grad = sparse
         elif weight.grad.is_sparse:

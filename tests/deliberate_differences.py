@@ -16,7 +16,15 @@ DIFFERENCES = {
     ),
     "coalesced_sparse_grad": (
         "The sparse gradient is coalesced (sorted unique rows, each summed once); torch's has one "
-        "row per token. Compared as dense tensors."
+        "row per token. Compared as dense tensors. Its rows are sorted and unique always; it is "
+        "flagged coalesced except on a CUDA table whose rows are not contiguous, where torch's "
+        "CUDA dense.add_(coalesced sparse) writes the wrong elements."
+    ),
+    "cuda_renorm_is_the_p_norm": (
+        "max_norm on CUDA renorms by the p-norm of each row, as torch does on CPU and documents; "
+        "torch's CUDA kernel is wrong for norm_type other than 1 and 2 (no abs), for "
+        "non-contiguous tables (it walks stride(0) elements) and fails on empty indices. The "
+        "oracle renorms with torch's CPU kernel there (helpers.torch_embedding)."
     ),
     "scale_grad_by_freq_with_sparse": (
         "scale_grad_by_freq works with sparse=True (torch raises); compared with torch's dense "

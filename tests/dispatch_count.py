@@ -3,10 +3,11 @@
 A ``TorchDispatchMode`` sees every aten op. Ops that make the host wait for the device on CUDA
 are counted as syncs: ``_local_scalar_dense`` (``int()``, ``bool()``, ``.item()``), ops whose
 output size depends on values (``nonzero``, ``unique*``, ``masked_select``, indexing with a
-boolean mask, ``repeat_interleave`` without ``output_size``). Every other op that computes
-something counts as one launch; views, allocations and metadata ops launch nothing. Triton
-launches are counted by wrapping the launch entry point of the interpreter and of the real
-runtime; the aten ops the interpreter itself runs to move data are not counted.
+boolean mask, ``repeat_interleave`` without ``output_size``), copies between the GPU and the
+host, and ``Tensor.tolist`` (which reads CPU values without the dispatcher). Every other op
+that computes something counts as one launch; views, allocations and metadata ops launch
+nothing. Triton launches are counted by wrapping the launch entry point of the interpreter and
+of the real runtime; the aten ops the interpreter itself runs to move data are not counted.
 """
 
 from __future__ import annotations
@@ -31,6 +32,12 @@ def _is_sync(func, args, kwargs) -> bool:
     name = func._schema.name.split("::")[-1]
     if name in SYNC_OPS:
         return True
+    if name in ("_to_copy", "copy_") and len(args) > 0 and isinstance(args[0], torch.Tensor):
+        # a copy between a GPU and the host: (src, ...) for _to_copy, (dst, src) for copy_
+        src, dst_device = (args[0], kwargs.get("device")) if name == "_to_copy" else (
+            args[1], args[0].device)
+        return (src.device.type == "cuda") != (torch.device(dst_device or src.device).type
+                                               == "cuda")
     if name == "repeat_interleave":
         return kwargs.get("output_size") is None and (len(args) < 4 or args[3] is None)
     if name in ("index", "index_put", "index_put_", "_index_put_impl_") and len(args) > 1:
@@ -64,6 +71,16 @@ class StepCounter(TorchDispatchMode):
 
         originals = {cls: cls.run for cls in (interpreter.InterpretedFunction, jit.JITFunction)}
         counter = self
+        tolist = torch.Tensor.tolist
+
+        def counted_tolist(tensor):  # reads CPU values without the dispatcher (on a GPU
+            if tensor.device.type == "cpu":  # tensor the dispatcher sees its copy to the host)
+                counter.syncs["tolist"] += 1
+            counter._paused += 1
+            try:
+                return tolist(tensor)
+            finally:
+                counter._paused -= 1
 
         def wrap(original):
             def run(self, *args, **kwargs):
@@ -78,12 +95,14 @@ class StepCounter(TorchDispatchMode):
 
         for cls, original in originals.items():
             cls.run = wrap(original)
+        torch.Tensor.tolist = counted_tolist
         try:
             with self:
                 yield self
         finally:
             for cls, original in originals.items():
                 cls.run = original
+            torch.Tensor.tolist = tolist
 
     def report(self) -> str:
         return (f"syncs {sum(self.syncs.values())} {dict(self.syncs)}; "

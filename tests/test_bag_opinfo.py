@@ -10,6 +10,8 @@ float32: ``float32_grad_accumulation``). Each side gets its own clones.
 import pytest
 import torch
 import torch.nn.functional as F
+
+pytest.importorskip("expecttest", reason="torch.testing._internal imports expecttest")
 from torch.testing._internal.common_methods_invocations import op_db
 
 import sparsemb

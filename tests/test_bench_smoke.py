@@ -58,7 +58,8 @@ def bench_suites(tmp_path_factory):
         return
     out = tmp_path_factory.mktemp("bench-suites")
     before = _git_status()
-    cmd = [sys.executable, "-m", "pytest", "bench", "-q", "--benchmark-only",
+    # -p no:xdist: the suites time serially even when this run uses pytest-xdist (-n)
+    cmd = [sys.executable, "-m", "pytest", "bench", "-q", "-p", "no:xdist", "--benchmark-only",
            "--benchmark-json", str(out / "pytest-benchmark.json"), "--bench-out", str(out),
            "-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning"]
     proc = subprocess.Popen(
@@ -93,7 +94,7 @@ def test_report_smoke(bench_suites, tmp_path):
     assert all(t["status"] in ("MET", "MISSED", "NOT RUN") for t in data["targets"])
     rows = data["results"]
     _check_malloc_modes(rows)
-    _check_phases(rows)
+    _check_phases(rows, data["device"])
     errors = [(r["group"], r["provider"], r["error"]) for r in rows if r.get("error")]
     assert not errors, errors
     timed = [r for r in rows if r.get("median_s") is not None]
@@ -134,9 +135,11 @@ def _check_malloc_modes(rows: list[dict]) -> None:
         assert any(r["ours"] and r.get("median_s") for r in rows if r["malloc"] == mode)
 
 
-def _check_phases(rows: list[dict]) -> None:
-    """Training steps have fwd / bwd / opt times whose sum per round is the round's time;
-    the optimizer phase is missing only where the update runs inside backward."""
+def _check_phases(rows: list[dict], device: str) -> None:
+    """Training steps have fwd / bwd / opt times whose sum per round is the round's time (on
+    CPU; on CUDA the phases come from a separate pass that synchronizes after each phase, so
+    they add up to more than a round of back-to-back steps); the optimizer phase is missing only
+    where the update runs inside backward."""
     steps = [r for r in rows if r.get("median_s") and r["group"].startswith("step_")]
     assert steps
     for r in steps:
@@ -146,8 +149,9 @@ def _check_phases(rows: list[dict]) -> None:
         assert all(len(v) == len(r["times_s"]) for v in phases.values()), r["provider"]
         for i, total in enumerate(r["times_s"]):
             parts = sum(v[i] for v in phases.values())
-            # the round's time is the phases' plus two timer calls (and any preemption there)
-            assert 0 < parts <= total < parts + 0.2 * total + 0.005, (r["provider"], i)
+            assert 0 < parts and 0 < total, (r["provider"], i)
+            if device.startswith("cpu"):  # the round: the phases plus two timer calls
+                assert parts <= total < parts + 0.2 * total + 0.005, (r["provider"], i)
         assert set(r["phase_median_s"]) == set(phases)
     fused = [r for r in steps if "fused-backward" in r["provider"]]
     assert fused and all(r["optimizer_in_backward"] for r in fused)

@@ -47,6 +47,10 @@ def _rank_main(rank, world, port, plan, out_dir, pg_timeout_s):
     """One rank: run each (scenario, kwargs) of ``plan`` in order, saving {scenario: result or
     traceback} after each, so a rank that dies on purpose still reports what it ran before."""
     torch.set_num_threads(1)
+    # The ranks hold CPU tensors (gloo): the Triton scenario runs the kernels under the
+    # interpreter, also on a machine with a GPU (read when sparsemb.kernels is first imported,
+    # which the forkserver's preload does not do).
+    os.environ.setdefault("TRITON_INTERPRET", "1")
     path = os.path.join(out_dir, f"rank{rank}.pt")
     results = {}
     try:
@@ -249,8 +253,8 @@ def scenario_subgroups(rank, world):
 
 
 def scenario_parity_triton(rank, world):
-    """The owners' lookups, gradients and updates on the Triton kernels (the interpreter on
-    CPU: conftest put TRITON_INTERPRET=1 in the environment the ranks inherit)."""
+    """The owners' lookups, gradients and updates on the Triton kernels (under the interpreter:
+    the ranks' tensors are on CPU, see ``_rank_main``)."""
     if not HAS_TRITON:
         return None
     from sparsemb._backend import uses_triton

@@ -10,6 +10,8 @@ float32 in any order); every error input must raise, with the exception type
 
 import pytest
 import torch
+
+pytest.importorskip("expecttest", reason="torch.testing._internal imports expecttest")
 from deliberate_differences import (
     grad_accumulation_dtype,
     sparsemb_error_for,
