@@ -8,10 +8,11 @@ launches after the sort, sized by N alone (no host sync is needed to size them):
   1. ``_flags_kernel``: one int32 flag per position: the position starts a kept segment (a row
      inside ``[0, num_weights)`` other than the padding row);
   2. ``torch.cumsum`` of the flags: each kept segment's output slot (its rank among kept rows);
-  3. ``_window_kernel``: one program per (window, column block) gathers the window's gradient
-     rows and sums each run of equal rows with a masked tree sum (``tl.sum``, a fixed order).
-     A run that is its whole segment (most rows) is final: scaled (scale_grad_by_freq) and
-     written straight to its output row. The first and last runs of a window that belong
+  3. ``_window_kernel``: one program per (window, column block) adds the window's gradient
+     rows in sorted order (one row per step of an unrolled loop, so all the row loads issue up
+     front), each run of equal rows into one running sum written where the run ends. A run
+     that is its whole segment (most rows) is final: scaled (scale_grad_by_freq) and written
+     straight to its output row. The first and last runs of a window that belong
      to longer segments go to a float32 buffer of two partials per window;
   4. ``_tail_kernel``: one program per (window, column block); the window where a long segment
      ends adds that segment's partials in tiles of up to ``MAX_TILE`` windows (``tl.sum``, a
@@ -41,7 +42,7 @@ from sparsemb.kernels.rounding import round_nearest
 CHUNK = 16  # sorted positions per window
 KEYS_BLOCK = 1024  # indices per program of the int32 key conversion
 MAX_BLOCK_D = 128  # columns per tail program; wider rows use more column blocks
-WINDOW_BLOCK_D = 32  # columns per window program: it holds a (CHUNK, CHUNK, BLOCK_D) tile
+WINDOW_BLOCK_D = 256  # columns per window program: it holds one (BLOCK_D,) running sum
 TILE_ELEMENTS = 4096  # elements of a tile of partials the tail kernel sums at once
 MAX_TILE = 64  # windows' partials the tail kernel sums at once
 
@@ -100,58 +101,56 @@ def _window_kernel(
     CHUNK: tl.constexpr,  # positions per window
     BLOCK_D: tl.constexpr,  # columns per program
 ):
-    # int64: position * dim and row * stride_gn overflow int32 on big batches and tables.
+    """One window's runs, summed in sorted order: one gradient row added per position (the
+    loop is unrolled, so every row's load is issued up front), each run written where it ends:
+    a run that is its whole segment, final, to its output row; the first or last run of a
+    longer segment to the window's partials (slot 0 if it starts the window, else slot 1)."""
+    # int64: position * dim and row * stride_gn overflow int32 on big batches and tables. Masks
+    # of a scalar condition and the columns are tl.where(cond, in_row, False): the interpreter
+    # (triton 3.9) gives `scalar & vector` an int64 mask, which its loads reject.
     window = tl.program_id(0).to(tl.int64)
-    offs = tl.arange(0, CHUNK).to(tl.int64)
-    pos = window * CHUNK + offs
     cols = tl.program_id(1).to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D).to(tl.int64)
     in_row = cols < dim
-    live = pos < n
-    key = tl.load(sorted_ptr + pos, mask=live, other=0).to(tl.int64)
-    prev = tl.load(sorted_ptr + pos - 1, mask=live & (pos > 0), other=0).to(tl.int64)
-    nxt = tl.load(sorted_ptr + pos + 1, mask=pos + 1 < n, other=0).to(tl.int64)
-    seg_start = live & ((pos == 0) | (key != prev))
-    seg_end = live & ((pos == n - 1) | (key != nxt))
-    run_start = seg_start | (offs == 0)
-    run_end = seg_end | (offs == CHUNK - 1)
-    kept = live & (key >= 0) & (key < num_rows) & (key != padding_idx)
-    slot = tl.load(slot_ptr + pos, mask=live, other=1) - 1
-    src = tl.load(perm_ptr + pos, mask=live, other=0).to(tl.int64)
-    tile = tl.load(
-        grad_ptr + src[:, None] * stride_gn + cols[None, :],
-        mask=kept[:, None] & in_row[None, :],
-        other=0.0,
-    ).to(tl.float32)  # (CHUNK, BLOCK_D)
-    # the start of each position's run: the last run start at or before it
-    starts_before = (offs[None, :] <= offs[:, None]) & run_start[None, :]
-    first = tl.max(tl.where(starts_before, offs[None, :], 0), 1)
-    # each run's sum at each of its positions: a masked (CHUNK, CHUNK, BLOCK_D) tree sum, in a
-    # fixed order, with no 0 * x term (an inf in one row stays in that row)
-    same_run = first[:, None] == first[None, :]
-    sums = tl.sum(tl.where(same_run[:, :, None], tile[None, :, :], 0.0), 1)
-    first_is_seg = tl.sum(tl.where(offs[:, None] == first[None, :], seg_start[:, None], 0), 0)
-    whole = run_end & seg_end & (first_is_seg != 0)  # the run is its whole segment
-    final = sums
-    if SCALE_BY_FREQ:
-        count = (offs - first + 1).to(tl.float32)
-        final = tl.div_rn(sums, count[:, None] + tl.zeros_like(sums))
-    dest = key if DENSE else slot
-    tl.store(
-        out_ptr + dest[:, None] * dim + cols[None, :],
-        round_nearest(final, out_ptr.dtype.element_ty),
-        mask=(whole & kept)[:, None] & in_row[None, :],
-    )
-    # a run in a longer segment: slot 0 if it starts the window, else slot 1 (the last run)
-    part = window * 2 + (first != 0).to(tl.int64)
-    tl.store(
-        partial_ptr + part[:, None] * dim + cols[None, :],
-        sums,
-        mask=(run_end & ~whole & kept)[:, None] & in_row[None, :],
-    )
-    if tl.program_id(1) == 0:
-        tl.store(seg_start_ptr + slot, pos, mask=seg_start & kept)
-        if not DENSE:
-            tl.store(rows_ptr + slot, key, mask=seg_start & kept)
+    p0 = window * CHUNK  # < n: the grid has cdiv(n, CHUNK) windows
+    key = tl.load(sorted_ptr + p0).to(tl.int64)
+    prev = tl.load(sorted_ptr + p0 - 1, mask=p0 > 0, other=0).to(tl.int64)
+    starts = (p0 == 0) | (key != prev)  # this position starts its segment
+    run_is_segment_head = starts  # the current run starts its segment
+    run_first = p0
+    acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    for i in tl.static_range(CHUNK):
+        pos = p0 + i
+        live = pos < n
+        nxt = tl.load(sorted_ptr + pos + 1, mask=pos + 1 < n, other=0).to(tl.int64)
+        kept = live & (key >= 0) & (key < num_rows) & (key != padding_idx)
+        src = tl.load(perm_ptr + pos, mask=live, other=0).to(tl.int64)
+        row = tl.load(grad_ptr + src * stride_gn + cols, mask=tl.where(kept, in_row, False),
+                      other=0.0)
+        acc += row.to(tl.float32)
+        seg_end = (pos == n - 1) | (nxt != key)
+        run_end = live & (seg_end | (i == CHUNK - 1))
+        whole = run_end & seg_end & run_is_segment_head
+        slot = tl.load(slot_ptr + pos, mask=live, other=1) - 1
+        final = acc
+        if SCALE_BY_FREQ:
+            count = (pos - run_first + 1).to(tl.float32)
+            final = tl.div_rn(acc, count + tl.zeros_like(acc))
+        dest = key if DENSE else slot
+        tl.store(out_ptr + dest * dim + cols, round_nearest(final, out_ptr.dtype.element_ty),
+                 mask=tl.where(whole & kept, in_row, False))
+        part = window * 2 + (run_first != p0).to(tl.int64)
+        tl.store(partial_ptr + part * dim + cols, acc,
+                 mask=tl.where(run_end & ~whole & kept, in_row, False))
+        if tl.program_id(1) == 0:
+            tl.store(seg_start_ptr + slot, pos, mask=starts & kept)
+            if not DENSE:
+                tl.store(rows_ptr + slot, key, mask=starts & kept)
+        # the next position: a new run after a run's end, a new segment after a segment's end
+        acc = tl.where(run_end, 0.0, acc)
+        run_is_segment_head = tl.where(run_end, seg_end, run_is_segment_head)
+        run_first = tl.where(run_end, pos + 1, run_first)
+        starts = seg_end
+        key = nxt
 
 
 @triton.jit(do_not_specialize=["n"])  # changes every step: no recompiles
@@ -228,8 +227,7 @@ def sort_keys(indices, num_weights: int):
 
 def _tiles(dim: int):
     """(window tile, tail tile) launch shapes for embedding dim ``dim``."""
-    window = tile_for(dim, max_block_d=WINDOW_BLOCK_D, elements=CHUNK * CHUNK * WINDOW_BLOCK_D,
-                      max_rows=CHUNK * CHUNK)
+    window = tile_for(dim, max_block_d=WINDOW_BLOCK_D, elements=WINDOW_BLOCK_D, max_rows=1)
     tail = tile_for(dim, max_block_d=MAX_BLOCK_D, elements=TILE_ELEMENTS, max_rows=MAX_TILE)
     return window, tail
 
