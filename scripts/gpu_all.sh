@@ -19,7 +19,7 @@
 #         OUT_DIR/worker-logs.tar.gz the report's per-workload worker logs
 #         OUT_DIR/profile/profile.md  the warm-step profile; profile/trace-*.json its traces
 #         OUT_DIR/sm90_compile.md     registers/spills of every kernel compiled for sm_90
-# Fits in ~8 minutes on an H100: each phase has a wall-clock budget (seconds; override with
+# Fits in ~9 minutes on an H100: each phase has a wall-clock budget (seconds; override with
 # GPU_ALL_TESTS_S, GPU_ALL_REPORT_S, GPU_ALL_BENCH_S, GPU_ALL_PROFILE_S, GPU_ALL_SM90_S). The report stops starting new
 # configurations at its budget (--time-limit) and pytest is interrupted with SIGINT, so each
 # phase still writes what it measured.
@@ -27,6 +27,8 @@
 # nothing is downloaded. The project is installed with
 #   pip install --no-build-isolation --no-deps -e .
 # first when `import sparsemb` does not already resolve to this checkout.
+# GPU_ALL_TEST_ARGS: the test phase's extra pytest arguments (default "-n 8 -vv" where
+# pytest-xdist is installed; "" for a serial run).
 # GPU_ALL_DRY=1 runs the same steps on CPU at smoke sizes (to check this script without a GPU).
 set -u -o pipefail
 
@@ -44,7 +46,7 @@ export PYTHONUNBUFFERED=1
 unset TRITON_INTERPRET SPARSEMB_BACKEND   # real Triton kernels, automatic dispatch
 
 DRY="${GPU_ALL_DRY:-0}"
-T_TESTS="${GPU_ALL_TESTS_S:-180}"
+T_TESTS="${GPU_ALL_TESTS_S:-240}"
 T_REPORT="${GPU_ALL_REPORT_S:-110}"
 T_BENCH="${GPU_ALL_BENCH_S:-100}"
 T_PROFILE="${GPU_ALL_PROFILE_S:-60}"
@@ -54,6 +56,12 @@ PROFILE_ENV=()
 DEVICE=cuda
 REPORT_SIZE=--quick
 TEST_TARGETS=(tests)
+# pytest arguments for the test phase: by default, with pytest-xdist, 8 workers (the kernels
+# compile on several cores at once) and -v, so each test's outcome is in the log as it ends,
+# even when the phase's budget cuts the run before pytest's summary
+DEFAULT_TEST_ARGS=""
+if [ "$DRY" = "0" ] && "$PY" -c 'import xdist' 2>/dev/null; then DEFAULT_TEST_ARGS="-n 8 -vv"; fi  # -vv: -q takes one back
+read -r -a TEST_ARGS <<<"${GPU_ALL_TEST_ARGS-$DEFAULT_TEST_ARGS}"
 if [ "$DRY" != "0" ]; then
   DEVICE=cpu
   REPORT_SIZE=--smoke
@@ -111,7 +119,10 @@ run() {
 }
 
 run tests "$T_TESTS" "$OUT/tests.log" \
-  "$PY" -m pytest "${TEST_TARGETS[@]}" -q -p no:cacheprovider
+  "$PY" -m pytest "${TEST_TARGETS[@]}" -q -p no:cacheprovider "${TEST_ARGS[@]}"
+# xdist workers outlive a controller killed at the budget: stop them before anything is timed
+pkill -9 -f 'exec\(eval\(sys\.stdin\.readline' 2>/dev/null || true
+grep -E '(FAILED|ERROR) ' "$OUT/tests.log" | sed 's/^/   | /' | head -40 | tee -a "$SUMMARY" >/dev/null
 
 run report "$T_REPORT" "$OUT/report.log" \
   "$PY" -m bench.harness "$REPORT_SIZE" --device "$DEVICE" --out "$OUT" --no-progress \
