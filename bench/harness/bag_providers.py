@@ -81,11 +81,13 @@ def _fbgemm_forward(mode: str):
     return build
 
 
-def _train(cls, make_opt, sparse: bool, fused: bool = False):
+def _train(cls, make_opt, sparse: bool, fused: str | None = None):
+    """A training step; ``fused``: the sparse rule ("adam", "sgd") applied inside backward."""
+
     def build(inputs: Inputs) -> Case:
         table = _table(cls, inputs, "sum", sparse)
         if fused:
-            opt = _providers()._sparsemb_fused_backward("adam", table)
+            opt = _providers()._sparsemb_fused_backward(fused, table)
         else:
             opt = make_opt(table.parameters())
         idx, bounds, grad = bag_inputs(inputs)
@@ -100,7 +102,7 @@ def _train(cls, make_opt, sparse: bool, fused: bool = False):
             lambda: table(idx, offsets), lambda out: out.backward(grad), optimizer
         )
         return p.Case(step, params=[table.weight], optimizer=opt, phases=phases,
-                      in_backward=fused)
+                      in_backward=bool(fused))
 
     return build
 
@@ -143,7 +145,7 @@ def bag_groups() -> list:
                  _train(sparsemb.EmbeddingBag, _adam(SparseAdam), True), ours=True,
                  table_copies=3),
         Provider("sparsemb bag fused-backward Adam", "sparsemb fused",
-                 _train(sparsemb.EmbeddingBag, None, True, fused=True), table_copies=3),
+                 _train(sparsemb.EmbeddingBag, None, True, fused="adam"), table_copies=3),
         Provider("torch bag dense + Adam", "torch",
                  _train(torch.nn.EmbeddingBag, _adam(torch.optim.Adam), False), table_copies=6),
         Provider("torch bag sparse + SparseAdam", "torch sparse",
@@ -155,6 +157,8 @@ def bag_groups() -> list:
         Provider("sparsemb bag + SparseSGD", "sparsemb",
                  _train(sparsemb.EmbeddingBag, lambda p: SparseSGD(p, lr=LR["sgd"]), True),
                  ours=True),
+        Provider("sparsemb bag fused-backward SGD", "sparsemb fused",
+                 _train(sparsemb.EmbeddingBag, None, True, fused="sgd")),
         Provider("torch bag sparse + SGD", "torch sparse",
                  _train(torch.nn.EmbeddingBag, lambda p: torch.optim.SGD(p, lr=LR["sgd"]), True)),
         Provider("fbgemm TBE SUM EXACT_SGD", "fbgemm", _fbgemm_train("sgd"), needs_fbgemm=True),
