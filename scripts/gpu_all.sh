@@ -6,7 +6,7 @@
 #   4. a torch.profiler trace of warm training steps (scripts/gpu_profile.py): per-kernel time,
 #      launches, cudaStreamSynchronize/memcpy per step, step time and GB/s against a measured
 #      copy, for sparsemb and nn.Embedding(sparse=True) + SparseAdam, and a CUDA-graph capture
-#      of the fused step with bounds_check="none";
+#      of the fused step with bounds_check="none", and cProfile of each sparsemb step's host time;
 #   5. the sm_90 compile table (scripts/sm90_compile.py): registers and spills of every kernel.
 #
 # Usage:  bash scripts/gpu_all.sh [OUT_DIR]        (default: bench/results/gpu-<date>/)

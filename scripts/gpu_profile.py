@@ -98,6 +98,37 @@ def profile_case(case, args, device, batches, out_dir):
             "syncs": syncs / reps, "memcpys": memcpys / reps, "kernels": rows}
 
 
+def host_profile(case, args, device, batches, top=15):
+    """Where the host's time of a warm step goes: ``cProfile`` over the warm steps (one sync at
+    the end), the functions with the most own time, per step. On a GPU the eager step is
+    host-bound (Python, dispatch, Triton's launch path), so this is what a faster step cuts."""
+    import cProfile
+    import pstats
+
+    step = build(case, args.num_embeddings, args.dim, device)
+    for idx, g in batches[:3]:
+        step(idx, g)
+    reps = len(batches) - 3
+    profiler = cProfile.Profile()
+    sync(device)
+    profiler.enable()
+    for idx, g in batches[3:]:
+        step(idx, g)
+    sync(device)
+    profiler.disable()
+    stats = pstats.Stats(profiler)
+    total_us = stats.total_tt / reps * 1e6
+    rows = sorted(stats.stats.items(), key=lambda item: -item[1][2])[:top]  # by own time
+    lines = ["", f"## {case}: host time per step under cProfile: {total_us:.0f} us "
+             f"(top {top} functions by own time)", "",
+             "| function | calls/step | own us/step | cumulative us/step |", "|---|---|---|---|"]
+    for (path, line, name), (_, calls, own, cumulative, _) in rows:
+        where = f"{Path(path).name}:{line}" if line else path
+        lines.append(f"| {name} ({where}) | {calls / reps:.1f} | {own / reps * 1e6:.1f} | "
+                     f"{cumulative / reps * 1e6:.1f} |")
+    return lines
+
+
 def graph_capture(args, device, batches):
     """Capture the fused, unchecked sparsemb step in a CUDA graph and replay it."""
     if device.type != "cuda":
@@ -159,6 +190,8 @@ def main() -> int:
                      f"{r['launches']:.1f} | {r['syncs']:.1f} | {r['memcpys']:.1f} |")
         details += ["", f"## {case}: kernels (top 12 by time)", "",
                     "| kernel | calls/step | us/call |", "|---|---|---|", *r["kernels"]]
+    for case in ("sparsemb", "sparsemb-fused"):
+        details += host_profile(case, args, device, batches)
     lines += ["", f"CUDA graph of the fused step (bounds_check=\"none\"): "
               f"{graph_capture(args, device, batches)}", *details]
     (args.out / "profile.md").write_text("\n".join(lines) + "\n")
