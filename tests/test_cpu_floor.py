@@ -171,3 +171,43 @@ def test_max_norm_one_pass_equals_torch_over_steps(index_dtype, norm_type):
         ref = theirs(idx.clone().long())
         assert torch.equal(out, ref)
         assert torch.equal(ours.weight, theirs.weight)
+
+
+def test_inf_norm_equals_torchs_vector_norm():
+    """p = inf rows are normed as max(amax, -amin): the very values of torch's vector_norm,
+    NaN, inf, -0.0 and all-negative rows included, in every float dtype."""
+    from sparsemb.torch_backend import renorm as torch_renorm
+
+    gen = torch.Generator().manual_seed(5)
+    rows = torch.randn(300, 33, generator=gen, dtype=torch.float64) * 10
+    rows[3, 4], rows[5, 0], rows[6] = float("nan"), float("inf"), -0.0
+    rows[7, :], rows[8, 2] = -torch.rand(33, generator=gen, dtype=torch.float64), float("-inf")
+    for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+        table = rows.to(dtype)
+        ours = torch_renorm.row_norms(table, float("inf"))
+        theirs = torch.linalg.vector_norm(table.to(ours.dtype), float("inf"), dim=1)
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("norm_type", [0.5, 1.0, 2.0, 3.0, float("inf")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_one_pass_renorm_equals_two_steps_at_max_norm(norm_type, dtype):
+    """Rows whose norm lies a few ulp either side of max_norm (where rows sit once renormed):
+    the one-pass lookup renorms exactly the rows the two-step renorm + gather does, bit for
+    bit, in weights and outputs."""
+    from sparsemb.torch_backend import renorm as torch_renorm
+
+    gen = torch.Generator().manual_seed(int(min(norm_type, 99) * 10))
+    max_norm, dim = 1.7, 128
+    rows = torch.randn(400, dim, generator=gen, dtype=torch.float64)
+    exact = torch_renorm.row_norms(rows.to(dtype), norm_type).double()
+    steps = torch.randint(-6, 7, (400, 1), generator=gen).double()
+    ulp = torch.finfo(dtype).eps
+    rows = (rows * (max_norm / exact).unsqueeze(1) * (1 + steps * ulp)).to(dtype)
+    over = torch_renorm.row_norms(rows, norm_type) > max_norm
+    assert over.any() and (~over).any()  # the rows straddle max_norm
+    idx = torch.randint(0, 400, (900,), generator=gen)
+    one_pass, two_step = rows.clone(), rows.clone()
+    out = torch_renorm.gather_renormed_(one_pass, idx, max_norm, norm_type)
+    torch_renorm.renorm_(two_step, idx, max_norm, norm_type)
+    assert torch.equal(one_pass, two_step) and torch.equal(out, two_step[idx])
