@@ -99,6 +99,23 @@ def sparse_grad_tensor(
     )
 
 
+def save_sparse_grad_context(ctx, weight: Tensor) -> None:
+    """What backward needs to hand out a sparse gradient: ``ctx.coalesced``
+    (``flags_coalesced``) and ``ctx.grad_owner``, the weight whose post-accumulate hook
+    restores the flag (None without the hook, or where the flag is not set)."""
+    ctx.coalesced = flags_coalesced(weight)
+    hooked = getattr(weight, _COALESCE_HOOK, False) and ctx.coalesced
+    ctx.grad_owner = weight if hooked else None
+
+
+def sparse_grad_for(ctx, unique: Tensor, values: Tensor, num_weights: int) -> Tensor:
+    """The COO gradient backward returns; its values are noted on the grad owner, so the hook
+    recognises them once AccumulateGrad has stored them."""
+    if ctx.grad_owner is not None:
+        setattr(ctx.grad_owner, _LAST_VALUES, (values.data_ptr(), values.numel()))
+    return sparse_grad_tensor(unique, values, num_weights, ctx.coalesced)
+
+
 def under_functorch(*tensors: Tensor) -> bool:
     """True when a tensor is wrapped by a torch.func transform (vmap, grad, jvp, jacrev...) or
     batched by the legacy vmap that gradcheck's batched check uses; always False while
@@ -168,9 +185,7 @@ def _save_lookup_context(
     ctx.scale_grad_by_freq = scale_grad_by_freq
     ctx.sparse = sparse
     ctx.fused_update = fused_update_of(weight)
-    ctx.coalesced = flags_coalesced(weight)
-    hooked = getattr(weight, _COALESCE_HOOK, False) and ctx.coalesced
-    ctx.grad_owner = weight if hooked else None
+    save_sparse_grad_context(ctx, weight)
 
 
 def _lookup_backward(ctx, grad):
@@ -200,9 +215,7 @@ def _lookup_backward(ctx, grad):
             unique, values = _ops.dedup_grad_presorted(grad, indices, *args, presorted)
         else:
             unique, values = _ops.ops().dedup_grad(grad, indices, *args)
-        weight_grad = sparse_grad_tensor(unique, values, ctx.num_weights, ctx.coalesced)
-        if ctx.grad_owner is not None:
-            setattr(ctx.grad_owner, _LAST_VALUES, (values.data_ptr(), values.numel()))
+        weight_grad = sparse_grad_for(ctx, unique, values, ctx.num_weights)
     else:
         dense = _DenseGrad if torch.compiler.is_compiling() else _EagerDenseGrad
         weight_grad = dense.apply(grad, indices, *args)

@@ -16,12 +16,10 @@ from torch import Tensor
 
 from sparsemb import _ops
 from sparsemb._autograd import (
-    _COALESCE_HOOK,
-    _LAST_VALUES,
-    flags_coalesced,
     fused_update_of,
     keep_grad_coalesced,
-    sparse_grad_tensor,
+    save_sparse_grad_context,
+    sparse_grad_for,
     under_functorch,
 )
 
@@ -81,9 +79,7 @@ class _BagLookup(torch.autograd.Function):
         ctx.mode, ctx.padding_idx = mode, padding_idx
         ctx.scale_grad_by_freq, ctx.sparse = scale_grad_by_freq, sparse
         ctx.fused_update = fused_update_of(weight)
-        ctx.coalesced = flags_coalesced(weight)
-        hooked = getattr(weight, _COALESCE_HOOK, False) and ctx.coalesced
-        ctx.grad_owner = weight if hooked else None
+        save_sparse_grad_context(ctx, weight)
         return out
 
     @staticmethod
@@ -116,7 +112,5 @@ def _weight_grad(ctx, grad: Tensor, bag: tuple, num_weights: int) -> Tensor | No
         return None
     if ctx.sparse:
         unique, values = _ops.ops().bag_dedup_grad(grad, *args)
-        if ctx.grad_owner is not None:
-            setattr(ctx.grad_owner, _LAST_VALUES, (values.data_ptr(), values.numel()))
-        return sparse_grad_tensor(unique, values, num_weights, ctx.coalesced)
+        return sparse_grad_for(ctx, unique, values, num_weights)
     return _ops.ops().bag_dense_grad(grad, *args)
