@@ -50,7 +50,9 @@ def keep_grad_coalesced(weight: Tensor) -> None:
 
     torch's AccumulateGrad stores a fresh sparse gradient as a shallow copy that drops the flag,
     so optimizers would ``coalesce()`` (sort) it again. A post-accumulate hook restores the flag
-    when ``.grad`` still holds exactly the values our backward produced (not after accumulation).
+    when ``.grad`` still holds exactly the values our backward produced (not after accumulation);
+    where the flag is off (``flags_coalesced``), it clears the one torch sets on a gradient of
+    under 2 rows (``unflag_coalesced``).
     """
     if getattr(weight, _COALESCE_HOOK, False) or not weight.is_leaf or not weight.requires_grad:
         return
@@ -62,7 +64,12 @@ def _restore_coalesced_flag(weight: Tensor) -> None:
     grad, produced = weight.grad, getattr(weight, _LAST_VALUES, None)
     setattr(weight, _LAST_VALUES, None)
     setattr(weight, _PRODUCED_GRAD, None)
-    if grad is None or produced is None or not grad.is_sparse:
+    if grad is None or not grad.is_sparse:
+        return
+    if not flags_coalesced(weight):
+        unflag_coalesced(grad)
+        return
+    if produced is None:
         return
     values = grad._values()
     if values.data_ptr() == produced[0] and values.numel() == produced[1]:
@@ -86,6 +93,15 @@ def flags_coalesced(weight: Tensor) -> bool:
     each row as contiguous elements, the wrong ones on such a table (seen on an H200 with torch
     2.11); unflagged, it takes ``index_add_``, which follows the strides."""
     return not (weight.is_cuda and not weight.is_contiguous())
+
+
+def unflag_coalesced(grad: Tensor) -> None:
+    """Clear the coalesced flag of a sparse ``.grad`` on a table where ``flags_coalesced`` is
+    False. torch flags any sparse tensor of under 2 rows coalesced when AccumulateGrad or ``+``
+    builds it, and with that flag its CUDA ``dense.add_`` writes even one row wrong on such a
+    table (torch's own ``nn.Embedding(sparse=True)`` included; seen on an H200, torch 2.11)."""
+    if grad.is_coalesced():
+        grad._coalesced_(False)
 
 
 def sparse_grad_tensor(
@@ -348,6 +364,8 @@ def _deliver_sparse_grad(
             weight.grad = sparse
         elif weight.grad.is_sparse:
             weight.grad = weight.grad + sparse  # as AccumulateGrad: uncoalesced sum
+            if not flags_coalesced(weight):
+                unflag_coalesced(weight.grad)
         else:
             weight.grad.add_(sparse)  # a dense gradient already there (a tied output layer)
 

@@ -18,7 +18,8 @@ DIFFERENCES = {
         "The sparse gradient is coalesced (sorted unique rows, each summed once); torch's has one "
         "row per token. Compared as dense tensors. Its rows are sorted and unique always; it is "
         "flagged coalesced except on a CUDA table whose rows are not contiguous, where torch's "
-        "CUDA dense.add_(coalesced sparse) writes the wrong elements."
+        "CUDA dense.add_(coalesced sparse) writes the wrong elements (one row included, which "
+        "torch flags coalesced by itself and sparsemb unflags)."
     ),
     "cuda_renorm_is_the_p_norm": (
         "max_norm on CUDA renorms by the p-norm of each row, as torch does on CPU and documents; "

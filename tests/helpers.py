@@ -33,6 +33,10 @@ def torch_embedding(input, weight, padding_idx=None, max_norm=None, norm_type=2.
     """``F.embedding``, the oracle, with max_norm's in-place renorm done by torch's CPU kernel
     (on a copy, written back) where ``cuda_renorm_is_wrong``; the lookup itself stays torch's
     on the tensor's device."""
+    if weight.device.type == "cuda" and input.numel() == 0:
+        # torch's CUDA backward with scale_grad_by_freq fails on empty indices (CUDA error:
+        # invalid argument, torch 2.11); with no indices there is no frequency to scale by
+        scale_grad_by_freq = False
     if max_norm is not None and cuda_renorm_is_wrong(weight, input, norm_type):
         with torch.no_grad():
             rows = weight.detach().cpu()

@@ -9,6 +9,8 @@ import torch
 
 import sparsemb
 from helpers import TOLERANCES, dense, integer_grad, random_indices, twin_tables
+from sparsemb import _autograd
+from sparsemb._autograd import flags_coalesced
 
 FLOAT_DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
 SHAPES = [(), (7,), (3, 5), (2, 3, 4), (0,), (2, 0, 3)]
@@ -43,6 +45,43 @@ def test_sparse_grad_is_coalesced_and_equal(backend, dtype, padding_idx):
     expected = theirs.weight.grad.coalesce()
     assert torch.equal(g._indices(), expected._indices())  # same rows, padding row dropped
     torch.testing.assert_close(g._values(), expected._values(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("rows", [0, 1, 2, 5])
+def test_torch_sgd_on_a_transposed_table(backend, rows):
+    """torch.optim.SGD on a table whose rows are not contiguous, for batches of 0 to 5 rows:
+    the exact update. On CUDA, torch's ``dense.add_`` of a sparse gradient flagged coalesced
+    writes the wrong elements there, even for one row (which torch flags coalesced by itself),
+    so sparsemb's ``.grad`` must carry no flag on such a table."""
+    dev = backend.device
+    table = sparsemb.Embedding(20, 6, sparse=True).to(dev)
+    start = torch.randn(6, 20, generator=torch.Generator().manual_seed(rows)).t()
+    table.weight = torch.nn.Parameter(start.to(dev, copy=True))  # the same strides, own storage
+    assert not table.weight.is_contiguous()
+    idx = torch.randperm(20, generator=torch.Generator().manual_seed(7))[:rows].to(dev)
+    grad = integer_grad((rows, 6), torch.float32, device=dev)
+    table(idx).backward(grad)
+    assert table.weight.grad.is_coalesced() == flags_coalesced(table.weight)
+    torch.optim.SGD(table.parameters(), lr=1.0).step()
+    expected = start.clone()
+    expected[idx.cpu()] -= grad.cpu()
+    assert torch.equal(table.weight.detach().cpu(), expected)
+
+
+@pytest.mark.parametrize("rows", [0, 1, 3])
+def test_gradient_stays_unflagged_where_sparsemb_sets_no_flag(backend, monkeypatch, rows):
+    """Where ``flags_coalesced`` is False (a non-contiguous CUDA table; forced here, so CPU runs
+    it too), ``.grad`` is not flagged coalesced, also for under 2 rows, which torch's
+    AccumulateGrad flags by itself, and also once a second backward has accumulated into it."""
+    monkeypatch.setattr(_autograd, "flags_coalesced", lambda weight: False)
+    table = sparsemb.Embedding(20, 6, sparse=True).to(backend.device)
+    idx = torch.arange(rows, device=backend.device)
+    table(idx).sum().backward()
+    assert table.weight.grad._nnz() == rows and not table.weight.grad.is_coalesced()
+    table(idx[:0]).sum().backward()  # an empty batch: grad + empty, built anew by torch
+    assert not table.weight.grad.is_coalesced()
+    torch.testing.assert_close(dense(table.weight.grad), (idx[:, None] == torch.arange(
+        20, device=backend.device)).T.float().sum(1, keepdim=True).expand(20, 6))
 
 
 @pytest.mark.parametrize("shape", SHAPES)

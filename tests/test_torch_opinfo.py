@@ -118,6 +118,8 @@ def test_moduleinfo_samples(backend, dtype):
 
 
 def test_moduleinfo_error_inputs(backend):
+    if MODULEINFO.module_error_inputs_func is None:  # torch 2.11's Embedding entry has none
+        pytest.skip(f"torch {torch.__version__}'s ModuleInfo for Embedding has no error inputs")
     errors = MODULEINFO.module_error_inputs_func(
         MODULEINFO, device=backend.device, dtype=torch.float32, requires_grad=True, training=True
     )
