@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up .venv with sparsemb (editable) and its test + bench extras.
+# Set up .venv with sparsemb (editable) and its test, bench and cpu (Numba) extras.
 #
 # torch: a torch the machine already has is kept (the venv sees system packages). Where there is
 # none, the CPU build (torch==2.13.0) is installed on machines without an NVIDIA GPU, and the
@@ -27,7 +27,7 @@ if ! "$venv_python" -c "import torch" 2>/dev/null; then
     "$venv_python" -m pip install -q "${index_args[@]}" "torch==2.13.0"
   fi
 fi
-"$venv_python" -m pip install -q -e ".[test,bench]"
+"$venv_python" -m pip install -q -e ".[test,bench,cpu]"
 # CI (CI=true) also installs the optional integrations' extras, best effort, so their tests
 # (tests/test_transformers.py, tests/test_vectors_gensim.py) run there; elsewhere they skip.
 if [ "${CI:-}" = "true" ]; then

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from sparsemb._dtypes import HALF_DTYPES, state_dtype
+from sparsemb.torch_backend import numba_rows
 
 
 def stochastic_round(x: Tensor, dtype: torch.dtype, seed: int) -> Tensor:
@@ -137,6 +138,11 @@ def adagrad_update_(
     """sum += g^2; w += -clr * g / (sqrt(sum) + eps), elementwise (torch.optim.Adagrad sparse)."""
     if _skip(weight, rows):
         return
+    if numba_rows.usable(weight, (state_sum,), values, sr_seed):
+        numba_rows.adagrad_update_(
+            weight, rows, values, state_sum, neg_clr=neg_clr, eps=eps, weight_decay=weight_decay
+        )
+        return
     for r, vals in _blocks(rows, values, sr_seed):
         g, w = _grad(weight, r, vals, weight_decay)
         total = state_sum.index_select(0, r)
@@ -176,6 +182,12 @@ def adam_update_(
     (1 - beta1^t) and decay = 1 - lr * weight_decay (AdamW; 1 for Adam).
     """
     if _skip(weight, rows):
+        return
+    if numba_rows.usable(weight, (exp_avg, exp_avg_sq), values, sr_seed):
+        numba_rows.adam_update_(
+            weight, rows, values, exp_avg, exp_avg_sq, one_minus_beta1=one_minus_beta1,
+            one_minus_beta2=one_minus_beta2, eps=eps, neg_step_size=neg_step_size, decay=decay,
+        )
         return
     dtype = state_dtype(weight.dtype)
     for r, vals in _blocks(rows, values, sr_seed):

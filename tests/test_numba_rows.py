@@ -1,0 +1,120 @@
+"""The compiled CPU passes of Adam and Adagrad (``sparsemb.torch_backend.numba_rows``) against
+the torch-op path they replace: the same bits, over several steps, on float32 and float64
+tables, contiguous and strided tables and state, with and without decay; and the cases that
+must stay on the torch-op path. Skipped where Numba is not installed."""
+
+import pytest
+import torch
+
+from sparsemb.torch_backend import numba_rows
+from sparsemb.torch_backend import optim as rules
+
+pytest.importorskip("numba")
+
+V, D, U = 300, 24, 70
+
+
+def table(dtype, layout, seed):
+    g = torch.Generator().manual_seed(seed)
+    t = torch.randn(V, D, generator=g, dtype=torch.float64).to(dtype)
+    if layout == "transposed":  # the same values, rows not contiguous
+        return t.t().contiguous().t()
+    if layout == "row_strided":  # every other column of a wider buffer
+        wide = torch.zeros(V, 2 * D, dtype=dtype)
+        wide[:, ::2] = t
+        return wide[:, ::2]
+    return t
+
+
+def steps(dtype, seed=0):
+    """(rows, values) of three steps: unique rows, values with exact zeros and large entries."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(3):
+        rows = torch.randperm(V, generator=g)[:U].sort().values
+        values = torch.randn(U, D, generator=g, dtype=torch.float64).to(dtype)
+        values[0, :3] = 0
+        values[1] *= 1e3
+        out.append((rows, values))
+    return out
+
+
+def run(rule, tensors, monkeypatch, numba_on, dtype, **kwargs):
+    monkeypatch.setenv(numba_rows.ENV, "1" if numba_on else "0")
+    tensors = [t.clone() if t.is_contiguous() else table_like(t) for t in tensors]
+    batches = steps(dtype)
+    assert numba_rows.usable(tensors[0], tuple(tensors[1:]), batches[0][1], None) == numba_on
+    for rows, values in batches:
+        rule(tensors[0], rows, values, *tensors[1:], sr_seed=None, **kwargs)
+    return tensors
+
+
+def table_like(t):
+    """A copy with the same strides (clone of a non-contiguous view would make it contiguous
+    only for some layouts; empty_strided keeps them)."""
+    copy = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype)
+    copy.copy_(t)
+    return copy
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("layout", ["contiguous", "transposed", "row_strided"])
+@pytest.mark.parametrize("decay", [1.0, 0.99])
+def test_adam_passes_equal_the_torch_op_path(monkeypatch, dtype, layout, decay):
+    tensors = [table(dtype, layout, 1), table(dtype, layout, 2).abs(),
+               table(dtype, layout, 3).abs()]
+    kwargs = dict(one_minus_beta1=0.1, one_minus_beta2=0.001, eps=1e-8, neg_step_size=-3e-3,
+                  decay=decay)
+    ours = run(rules.adam_update_, tensors, monkeypatch, True, dtype, **kwargs)
+    ref = run(rules.adam_update_, tensors, monkeypatch, False, dtype, **kwargs)
+    for a, b, name in zip(ours, ref, ("weight", "exp_avg", "exp_avg_sq"), strict=True):
+        assert torch.equal(a, b), name
+        assert a.stride() == b.stride()
+    assert not torch.equal(ours[0], tensors[0])  # it did update
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("layout", ["contiguous", "transposed"])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_adagrad_passes_equal_the_torch_op_path(monkeypatch, dtype, layout, weight_decay):
+    tensors = [table(dtype, layout, 1), table(dtype, layout, 2).abs()]
+    kwargs = dict(neg_clr=-0.05, eps=1e-10, weight_decay=weight_decay)
+    ours = run(rules.adagrad_update_, tensors, monkeypatch, True, dtype, **kwargs)
+    ref = run(rules.adagrad_update_, tensors, monkeypatch, False, dtype, **kwargs)
+    for a, b, name in zip(ours, ref, ("weight", "state_sum"), strict=True):
+        assert torch.equal(a, b), name
+    assert not torch.equal(ours[0], tensors[0])
+
+
+def test_only_rows_in_the_batch_are_written(monkeypatch):
+    monkeypatch.setenv(numba_rows.ENV, "1")
+    weight, m, v = table(torch.float32, "contiguous", 1), torch.zeros(V, D), torch.zeros(V, D)
+    before = [t.clone() for t in (weight, m, v)]
+    versions = [t._version for t in (weight, m, v)]
+    rows, values = steps(torch.float32)[0]
+    rules.adam_update_(weight, rows, values, m, v, one_minus_beta1=0.1, one_minus_beta2=0.001,
+                       eps=1e-8, neg_step_size=-1e-3, decay=1.0, sr_seed=None)
+    # written in place, as torch's in-place ops would: their autograd versions move
+    assert all(t._version > old for t, old in zip((weight, m, v), versions, strict=True))
+    untouched = torch.ones(V, dtype=torch.bool)
+    untouched[rows] = False
+    for after, old in zip((weight, m, v), before, strict=True):
+        assert torch.equal(after[untouched], old[untouched])
+        assert not torch.equal(after[rows], old[rows])
+
+
+@pytest.mark.parametrize("case", ["bfloat16", "stochastic", "mixed_state", "off"])
+def test_what_stays_on_the_torch_op_path(monkeypatch, case):
+    weight, state = torch.zeros(4, 3), torch.zeros(4, 3)
+    values, seed = torch.zeros(2, 3), None
+    monkeypatch.setenv(numba_rows.ENV, "1")
+    assert numba_rows.usable(weight, (state,), values, seed)
+    if case == "bfloat16":
+        weight, values = weight.bfloat16(), values.bfloat16()
+    elif case == "stochastic":
+        seed = 7
+    elif case == "mixed_state":
+        state = state.double()
+    else:
+        monkeypatch.setenv(numba_rows.ENV, "0")
+    assert not numba_rows.usable(weight, (state,), values, seed)
