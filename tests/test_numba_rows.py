@@ -86,6 +86,18 @@ def test_adagrad_passes_equal_the_torch_op_path(monkeypatch, dtype, layout, weig
     assert not torch.equal(ours[0], tensors[0])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("layout", ["contiguous", "row_strided"])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_sgd_passes_equal_the_torch_op_path(monkeypatch, dtype, layout, weight_decay):
+    tensors = [table(dtype, layout, 1)]
+    kwargs = dict(neg_lr=-0.05, weight_decay=weight_decay)
+    ours = run(rules.sgd_update_, tensors, monkeypatch, True, dtype, **kwargs)
+    ref = run(rules.sgd_update_, tensors, monkeypatch, False, dtype, **kwargs)
+    assert torch.equal(ours[0], ref[0])
+    assert not torch.equal(ours[0], tensors[0])
+
+
 def test_only_rows_in_the_batch_are_written(monkeypatch):
     monkeypatch.setenv(numba_rows.ENV, "1")
     weight, m, v = table(torch.float32, "contiguous", 1), torch.zeros(V, D), torch.zeros(V, D)

@@ -126,6 +126,9 @@ def sgd_update_(
     """w += -lr * (g + weight_decay * w) on the touched rows (torch.optim.SGD's order)."""
     if _skip(weight, rows):
         return
+    if numba_rows.usable(weight, (), values, sr_seed):
+        numba_rows.sgd_update_(weight, rows, values, neg_lr=neg_lr, weight_decay=weight_decay)
+        return
     for r, vals in _blocks(rows, values, sr_seed):
         g, w = _grad(weight, r, vals, weight_decay)
         _add_to_rows_(weight, r, g, neg_lr, sr_seed, gathered=w)
