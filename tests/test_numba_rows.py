@@ -6,12 +6,19 @@ must stay on the torch-op path. Skipped where Numba is not installed."""
 import pytest
 import torch
 
+import sparsemb.optim
 from sparsemb.torch_backend import numba_rows
 from sparsemb.torch_backend import optim as rules
 
 pytest.importorskip("numba")
 
 V, D, U = 300, 24, 70
+
+
+@pytest.fixture(autouse=True)
+def small_updates_take_the_passes(monkeypatch):
+    """These small tables take the passes too (in use they start at ``MIN_ELEMENTS`` values)."""
+    monkeypatch.setattr(numba_rows, "MIN_ELEMENTS", 0)
 
 
 def table(dtype, layout, seed):
@@ -115,6 +122,15 @@ def test_only_rows_in_the_batch_are_written(monkeypatch):
         assert not torch.equal(after[rows], old[rows])
 
 
+def test_small_updates_stay_torch_ops(monkeypatch):
+    monkeypatch.undo()  # the real MIN_ELEMENTS
+    weight, state = torch.zeros(4096, 8), torch.zeros(4096, 8)
+    small, large = torch.zeros(4095, 8), torch.zeros(4096, 8)  # 32,760 and 32,768 values
+    assert numba_rows.MIN_ELEMENTS == 32768
+    assert not numba_rows.usable(weight, (state,), small, None)
+    assert numba_rows.usable(weight, (state,), large, None) == numba_rows.available()
+
+
 @pytest.mark.parametrize("case", ["bfloat16", "stochastic", "mixed_state", "off"])
 def test_what_stays_on_the_torch_op_path(monkeypatch, case):
     weight, state = torch.zeros(4, 3), torch.zeros(4, 3)
@@ -130,3 +146,34 @@ def test_what_stays_on_the_torch_op_path(monkeypatch, case):
     else:
         monkeypatch.setenv(numba_rows.ENV, "0")
     assert not numba_rows.usable(weight, (state,), values, seed)
+
+
+TWINS = {
+    "adam": (lambda p: sparsemb.optim.SparseAdam(p, lr=1e-2),
+             lambda p: torch.optim.SparseAdam(p, lr=1e-2)),
+    "adagrad": (lambda p: sparsemb.optim.SparseAdagrad(p, lr=0.1),
+                lambda p: torch.optim.Adagrad(p, lr=0.1)),
+    "sgd": (lambda p: sparsemb.optim.SparseSGD(p, lr=0.1), lambda p: torch.optim.SGD(p, lr=0.1)),
+}
+
+
+@pytest.mark.parametrize("rule", sorted(TWINS))
+def test_optimizers_at_full_size_equal_torchs(monkeypatch, rule):
+    """sparsemb's optimizers, on updates large enough for the passes (the real MIN_ELEMENTS),
+    against torch.optim fed the same gradients: the same weights and state, bit for bit."""
+    monkeypatch.undo()
+    monkeypatch.setenv(numba_rows.ENV, "1")
+    g = torch.Generator().manual_seed(5)
+    start = torch.randn(3000, 64, generator=g)
+    ours_p, theirs_p = torch.nn.Parameter(start.clone()), torch.nn.Parameter(start.clone())
+    ours, theirs = TWINS[rule][0]([ours_p]), TWINS[rule][1]([theirs_p])
+    for _ in range(3):
+        rows = torch.randperm(3000, generator=g)[:600].sort().values  # 38,400 values
+        values = torch.randn(600, 64, generator=g)
+        assert numba_rows.usable(ours_p, (), values, None)
+        ours_p.grad = torch.sparse_coo_tensor(rows[None], values.clone(), start.shape,
+                                              is_coalesced=True)
+        theirs_p.grad = torch.sparse_coo_tensor(rows[None], values.clone(), start.shape)
+        ours.step()
+        theirs.step()
+    assert torch.equal(ours_p.detach(), theirs_p.detach())

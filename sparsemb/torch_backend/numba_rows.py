@@ -15,8 +15,9 @@ compact buffers: the square roots (MKL's, not always the correctly rounded value
 ``add(alpha=)`` steps (a fused multiply-add). So the results equal the torch-op path's, and
 torch.optim's, bit for bit (``tests/test_numba_rows.py``).
 
-Used for float32 and float64 tables with round-to-nearest; bfloat16/float16 tables and stochastic
-rounding stay on the torch-op path. ``SPARSEMB_NUMBA=0`` turns it off.
+Used for float32 and float64 tables with round-to-nearest and updates of ``MIN_ELEMENTS`` values
+or more; bfloat16/float16 tables, stochastic rounding and small updates stay on the torch-op
+path. ``SPARSEMB_NUMBA=0`` turns it off.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ from torch import Tensor
 
 ENV = "SPARSEMB_NUMBA"
 DTYPES = (torch.float32, torch.float64)
+MIN_ELEMENTS = 32768  # smaller updates stay torch ops: single-threaded there (under torch's grain
+# size, no OpenMP wake), and the passes' fixed cost (argument dispatch, waking Numba's threads)
+# made them ~100 us slower below this (measured: SGD, Adagrad, Adam at U*D from 256 to 2M)
 
 
 @functools.lru_cache(maxsize=1)
@@ -73,9 +77,11 @@ def preload(dtypes: tuple[torch.dtype, ...] = (torch.float32,)) -> bool:
 
 def usable(weight: Tensor, states: tuple[Tensor, ...], values: Tensor, sr_seed) -> bool:
     """Whether this update can take the compiled passes: CPU, a float32/float64 table whose
-    state and gradient share its dtype, round-to-nearest, Numba available."""
+    state and gradient share its dtype, round-to-nearest, at least ``MIN_ELEMENTS`` gradient
+    values, Numba available."""
     return (
         sr_seed is None
+        and values.numel() >= MIN_ELEMENTS
         and weight.device.type == "cpu"
         and weight.dtype in DTYPES
         and values.dtype == weight.dtype
