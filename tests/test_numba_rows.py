@@ -3,6 +3,9 @@ the torch-op path they replace: the same bits, over several steps, on float32 an
 tables, contiguous and strided tables and state, with and without decay; and the cases that
 must stay on the torch-op path. Skipped where Numba is not installed."""
 
+import multiprocessing
+import os
+
 import pytest
 import torch
 
@@ -177,3 +180,32 @@ def test_optimizers_at_full_size_equal_torchs(monkeypatch, rule):
         ours.step()
         theirs.step()
     assert torch.equal(ours_p.detach(), theirs_p.detach())
+
+
+def _update_in_child(queue):
+    weight, m, v = torch.zeros(100, 8), torch.zeros(100, 8), torch.zeros(100, 8)
+    rules.adam_update_(weight, torch.arange(10), torch.ones(10, 8), m, v, one_minus_beta1=0.1,
+                       one_minus_beta2=0.1, eps=1e-8, neg_step_size=-1.0, decay=1.0, sr_seed=None)
+    queue.put((numba_rows.available(), weight[:10].tolist()))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_child_forked_after_the_passes_ran_uses_torch_ops(monkeypatch):
+    """Hogwild-style workers started by fork: GNU OpenMP would abort a child that runs the
+    parent's Numba thread pool; the child takes the torch-op path and gets the same update."""
+    monkeypatch.setenv(numba_rows.ENV, "1")
+    rules.adam_update_(torch.zeros(100, 8), torch.arange(10), torch.ones(10, 8),
+                       torch.zeros(100, 8), torch.zeros(100, 8), one_minus_beta1=0.1,
+                       one_minus_beta2=0.1, eps=1e-8, neg_step_size=-1.0, decay=1.0,
+                       sr_seed=None)  # the parent runs the passes (MIN_ELEMENTS is 0 here)
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_update_in_child, args=(queue,))
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0
+    available_in_child, rows = queue.get(timeout=5)
+    assert not available_in_child and numba_rows.available()
+    monkeypatch.setenv(numba_rows.ENV, "0")
+    _update_in_child(queue)  # the same update here, on the torch-op path
+    assert rows == queue.get(timeout=5)[1]

@@ -53,9 +53,27 @@ def _kernels():
     return _numba_kernels
 
 
+_forked_after_use = False  # this process was forked from one that had run the passes
+
+
+def _after_fork_in_child() -> None:
+    """A child forked after the parent ran the passes must not run them: Numba's OpenMP thread
+    pool does not survive a fork (GNU OpenMP aborts the child: "fork() called from a process
+    already using GNU OpenMP"), e.g. Hogwild training with fork-started workers."""
+    global _forked_after_use
+    _forked_after_use = _forked_after_use or _kernels.cache_info().currsize > 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def available() -> bool:
-    """Numba is importable and ``SPARSEMB_NUMBA`` is not "0"."""
-    return os.environ.get(ENV, "1") != "0" and _kernels() is not None
+    """Numba is importable, ``SPARSEMB_NUMBA`` is not "0", and this is not a process forked
+    after the passes ran (``_after_fork_in_child``)."""
+    return (
+        os.environ.get(ENV, "1") != "0" and not _forked_after_use and _kernels() is not None
+    )
 
 
 def preload(dtypes: tuple[torch.dtype, ...] = (torch.float32,)) -> bool:
