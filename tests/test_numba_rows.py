@@ -5,6 +5,9 @@ must stay on the torch-op path. Skipped where Numba is not installed."""
 
 import multiprocessing
 import os
+import subprocess
+import sys
+import threading
 
 import pytest
 import torch
@@ -209,3 +212,41 @@ def test_a_child_forked_after_the_passes_ran_uses_torch_ops(monkeypatch):
     monkeypatch.setenv(numba_rows.ENV, "0")
     _update_in_child(queue)  # the same update here, on the torch-op path
     assert rows == queue.get(timeout=5)[1]
+
+
+def test_two_threads_at_once_get_their_own_updates(monkeypatch):
+    """Python threads stepping their own tables at the same time (Hogwild with threads): each
+    gets the update a lone caller gets."""
+    monkeypatch.setenv(numba_rows.ENV, "1")
+    batches = steps(torch.float32)
+
+    def train(seed, results):
+        tensors = [table(torch.float32, "contiguous", seed), torch.zeros(V, D), torch.zeros(V, D)]
+        for _ in range(5):
+            for rows, values in batches:
+                rules.adam_update_(tensors[0], rows, values, *tensors[1:], one_minus_beta1=0.1,
+                                   one_minus_beta2=0.001, eps=1e-8, neg_step_size=-1e-3,
+                                   decay=1.0, sr_seed=None)
+        results[seed] = tensors[0]
+
+    alone, together = {}, {}
+    for seed in (1, 2):
+        train(seed, alone)
+    threads = [threading.Thread(target=train, args=(seed, together)) for seed in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert all(torch.equal(alone[s], together[s]) for s in (1, 2))
+
+
+def test_two_threads_on_numbas_workqueue_layer():
+    """Numba's fallback threading layer (no OpenMP) aborts the process on concurrent use: the
+    passes take one caller at a time there. The test above, in a process on that layer."""
+    env = {**os.environ, "NUMBA_THREADING_LAYER": "workqueue"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+         f"{__file__}::test_two_threads_at_once_get_their_own_updates"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

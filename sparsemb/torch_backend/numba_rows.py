@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import threading
 import warnings
 
 import numpy as np
@@ -120,13 +121,33 @@ def _mark_written(*tensors: Tensor) -> None:
         torch.autograd.graph.increment_version(t)
 
 
-def _follow_torch_threads() -> None:
-    """Numba's threads follow torch's setting (``torch.set_num_threads``)."""
-    import numba
-
-    numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+_one_at_a_time = threading.Lock()
 
 
+def _parallel_section(update):
+    """Run ``update`` with Numba's threads following torch's (``torch.set_num_threads``), and
+    one caller at a time where Numba runs on its fallback "workqueue" threading layer (no
+    OpenMP found), which aborts the process on concurrent use; its OpenMP and TBB layers take
+    concurrent callers."""
+
+    @functools.wraps(update)
+    def run(*args, **kwargs):
+        import numba
+
+        numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+        try:
+            layer = numba.threading_layer()
+        except ValueError:  # nothing has run in parallel yet: the layer is not chosen
+            layer = None
+        if layer in (None, "workqueue"):
+            with _one_at_a_time:
+                return update(*args, **kwargs)
+        return update(*args, **kwargs)
+
+    return run
+
+
+@_parallel_section
 def adam_update_(
     weight: Tensor, rows: Tensor, values: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, *,
     one_minus_beta1: float, one_minus_beta2: float, eps: float, neg_step_size: float,
@@ -134,7 +155,6 @@ def adam_update_(
 ) -> None:
     """``optim.adam_update_`` (round to nearest) in two passes and two torch ops."""
     k = _kernels()
-    _follow_torch_threads()
     scalar = np.dtype(str(weight.dtype).removeprefix("torch.")).type
     u, d = values.shape
     new_avg = torch.empty(u, d, dtype=weight.dtype)
@@ -150,12 +170,12 @@ def adam_update_(
     _mark_written(weight, exp_avg, exp_avg_sq)
 
 
+@_parallel_section
 def sgd_update_(
     weight: Tensor, rows: Tensor, values: Tensor, *, neg_lr: float, weight_decay: float
 ) -> None:
     """``optim.sgd_update_`` (round to nearest): a gather, torch's ``add(alpha=)`` on the compact
     rows (one op, not one a block), a scatter."""
-    _follow_torch_threads()
     gathered = _gather(weight, rows)
     g = values if weight_decay == 0 else values.add(gathered, alpha=weight_decay)
     gathered.add_(g, alpha=neg_lr)
@@ -175,6 +195,7 @@ def _scatter(table: Tensor, rows: Tensor, values: Tensor) -> None:
     _kernels().scatter_rows(*_arrays(table, rows, values))
 
 
+@_parallel_section
 def adagrad_update_(
     weight: Tensor, rows: Tensor, values: Tensor, state_sum: Tensor, *, neg_clr: float,
     eps: float, weight_decay: float,
@@ -182,7 +203,6 @@ def adagrad_update_(
     """``optim.adagrad_update_`` (round to nearest): a gather, one pass for the sums, four torch
     ops on the compact rows, a scatter."""
     k = _kernels()
-    _follow_torch_threads()
     gathered = _gather(weight, rows)
     g = values if weight_decay == 0 else values.add(gathered, alpha=weight_decay)
     new_sum = torch.empty_like(gathered)
