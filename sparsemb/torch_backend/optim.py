@@ -13,6 +13,10 @@ float64 ones) in the order torch.optim's sparse code uses, so on float32 tables 
 torch's bit for bit. ``sparsemb.kernels.optim`` has launchers with the same signatures that run one
 fused Triton kernel instead.
 
+Where Numba is installed, SGD, Adagrad and Adam on float32/float64 tables (round to nearest,
+``numba_rows.MIN_ELEMENTS`` values or more) run ``numba_rows``' compiled passes instead, with the
+same bits.
+
 ``sr_seed``: ``None`` rounds the new weight to the table dtype to nearest; an int rounds
 stochastically (bfloat16/float16 tables only; wider tables need no rounding).
 """
