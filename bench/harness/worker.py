@@ -81,9 +81,10 @@ def run_spec(spec: dict, emit) -> None:
 def _run_tasks(spec: dict, emit, device) -> None:
     workload = Workload(**spec["workload"])
     inputs = make_inputs(workload, device)
-    # Numba's runtime (sparsemb[cpu]) loads before any provider's memory baseline, as torch's
-    # own libraries do: a fixed ~130 MB a process, not a step's scratch
-    numba_rows.preload()
+    if device.type == "cpu":
+        # Numba's runtime (sparsemb[cpu]) loads before any provider's memory baseline, as
+        # torch's own libraries do: a fixed ~130 MB a process, not a step's scratch
+        numba_rows.preload()
     deadline = spec.get("deadline")
     malloc = spec.get("malloc", "default")
 
