@@ -250,3 +250,39 @@ def test_two_threads_on_numbas_workqueue_layer():
         env=env, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_no_passes_when_numba_compiles_nothing(monkeypatch):
+    """NUMBA_DISABLE_JIT=1 (a user debugging other Numba code) would run the passes as Python
+    loops over every value: the torch-op path runs instead."""
+    import numba
+
+    monkeypatch.setattr(numba.config, "DISABLE_JIT", True)
+    numba_rows._kernels.cache_clear()
+    try:
+        assert not numba_rows.available()
+    finally:
+        monkeypatch.undo()
+        numba_rows._kernels.cache_clear()
+    assert numba_rows.available()
+
+
+def test_a_numba_that_fails_to_load_warns_and_leaves_torch_ops(monkeypatch):
+    """E.g. a Numba release too old for the installed NumPy: a warning, then the torch-op path
+    (the update still runs)."""
+    import sparsemb.torch_backend as package
+
+    monkeypatch.setitem(sys.modules, "sparsemb.torch_backend._numba_kernels", None)  # import fails
+    monkeypatch.delattr(package, "_numba_kernels", raising=False)
+    numba_rows._kernels.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="Numba is installed but did not load"):
+            assert not numba_rows.available()
+        weight = torch.zeros(V, D)
+        rows, values = steps(torch.float32)[0]
+        rules.sgd_update_(weight, rows, values, neg_lr=-1.0, weight_decay=0.0, sr_seed=None)
+        assert torch.equal(weight[rows], -values)
+    finally:
+        monkeypatch.undo()
+        numba_rows._kernels.cache_clear()
+    assert numba_rows.available()

@@ -41,11 +41,16 @@ MIN_ELEMENTS = 32768  # smaller updates stay torch ops: single-threaded there (u
 
 @functools.lru_cache(maxsize=1)
 def _kernels():
-    """The compiled passes' module, or None where Numba is not installed, or cannot load here
-    (then with a warning: e.g. a Numba too old for this NumPy; the torch-op path runs)."""
+    """The compiled passes' module, or None where Numba is not installed, compiles nothing
+    (``NUMBA_DISABLE_JIT=1``: the passes would run as Python loops), or cannot load here (then
+    with a warning: e.g. a Numba too old for this NumPy; the torch-op path runs)."""
     if importlib.util.find_spec("numba") is None:
         return None
     try:
+        import numba
+
+        if numba.config.DISABLE_JIT:
+            return None
         from sparsemb.torch_backend import _numba_kernels
     except Exception as exc:  # noqa: BLE001 - any failure to load means: use the torch-op path
         warnings.warn(f"sparsemb: Numba is installed but did not load ({exc!r}); the CPU "
