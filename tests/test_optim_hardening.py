@@ -535,3 +535,20 @@ def test_resume_under_one_cycle_is_bit_identical(sparse):
         return [{k: v for k, v in g.items() if k != "params"} for g in o.param_groups]
 
     assert options(opt) == options(opt2)
+
+
+@pytest.mark.parametrize("rule", sorted(RULES))
+def test_fused_update_takes_int32_rows(rule, backend):
+    """fused_update accepts int32 rows (as documented by its check): the same update as int64
+    rows, on either backend (the CPU path's index_copy_ takes int64 only)."""
+    dev = backend.device
+    start = torch.randn(V, D, device=dev)
+    rows, values = torch.tensor([1, 4, 9], device=dev), torch.randn(3, D, device=dev)
+    results = []
+    for dtype in (torch.int64, torch.int32):
+        table = nn.Parameter(start.clone())
+        opt = RULES[rule]([table])
+        for _ in range(2):
+            opt.fused_update(table, rows.to(dtype), values.clone())
+        results.append(table.detach())
+    assert torch.equal(results[0], results[1])

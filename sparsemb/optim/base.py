@@ -258,6 +258,7 @@ class SparseOptimizer(torch.optim.Optimizer):
             raise ValueError(
                 f"fused update of {self._describe(group, index, p)}: gradient on {values.device}"
             )
+        rows = rows.long()  # int32 rows too: the CPU path's index_copy_ takes int64 only
         if not rows.is_cuda:
             check_grad_rows(rows, p.shape[0], lambda: f"the fused update of "
                         f"{self._describe(group, index, p)}")
