@@ -12,6 +12,7 @@ Offsets are int64 throughout: ``row * row_stride`` passes 2^31 on tables over 2^
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -49,7 +50,8 @@ def _renorm_kernel(
     dim,  # D
     stride_wv,  # elements between rows of the table
     stride_wd,  # elements between columns of the table
-    max_norm,  # float: rows with norm > max_norm are scaled to max_norm
+    max_norm,  # float: rows over it are scaled to max_norm
+    threshold,  # float: a row is over where its float32 norm > threshold (comparison_threshold)
     p,  # float: norm_type
     eps,  # float: torch's 1e-7 added to the norm
     NORM: tl.constexpr,  # NORM_GENERAL / NORM_ONE / NORM_TWO / NORM_INF
@@ -83,7 +85,7 @@ def _renorm_kernel(
         norm = acc
     # A row holding NaN has a NaN norm in torch, and NaN > max_norm is false: torch leaves the
     # row alone. Only NORM_TWO and NORM_ONE propagate NaN through the sums; max and exp/log don't.
-    over = live & (norm > max_norm) & (has_nan == 0)
+    over = live & (norm > threshold) & (has_nan == 0)
     scale = tl.div_rn(max_norm + tl.zeros_like(norm), norm + eps)
     for start in range(0, dim, BLOCK_D):
         cols = start + tl.arange(0, BLOCK_D).to(tl.int64)
@@ -92,6 +94,23 @@ def _renorm_kernel(
         x = tl.load(ptrs, mask=mask, other=0.0)
         scaled = x.to(tl.float32) * scale[:, None]
         tl.store(ptrs, round_nearest(scaled, weight_ptr.dtype.element_ty), mask=mask)
+
+
+def comparison_threshold(max_norm: float, device: torch.device) -> float:
+    """The float32 t for which ``norm > t`` (a float32 norm) decides as torch decides
+    ``norm > max_norm`` on ``device``: its CUDA kernel compares with max_norm rounded to
+    float32; its CPU renorm compares in float64, which is max_norm rounded *down* to float32
+    (they differ where max_norm is not a float32, e.g. 0.1, and a row renormed once sits at
+    that rounding). The CPU case is where the interpreter runs these kernels."""
+    return _threshold(float(max_norm), device.type == "cpu")
+
+
+@functools.lru_cache(maxsize=64)  # a host-side tensor op per launch otherwise
+def _threshold(max_norm: float, on_cpu: bool) -> float:
+    threshold = torch.tensor(max_norm, dtype=torch.float32)
+    if on_cpu and threshold.item() > max_norm:
+        threshold = torch.nextafter(threshold, threshold.new_tensor(-math.inf))
+    return threshold.item()
 
 
 def norm_kind(norm_type: float) -> int:
@@ -114,6 +133,7 @@ def renorm_rows_(
     grid = (triton.cdiv(n, rows),)
     _renorm_kernel[grid](
         weight, sorted_rows, n, weight.shape[0], dim, weight.stride(0), weight.stride(1),
-        float(max_norm), float(norm_type), float(eps),
+        float(max_norm), comparison_threshold(max_norm, weight.device),
+        float(norm_type), float(eps),
         NORM=norm_kind(norm_type), ROWS=rows, BLOCK_D=block_d, num_warps=num_warps,
     )  # fmt: skip

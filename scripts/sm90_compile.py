@@ -75,7 +75,7 @@ def cases() -> list[dict]:
             out.append(_case(f"renorm p=2 {dtype} D={dim}", "renorm", "_renorm_kernel",
                              {"weight_ptr": ptr, "rows_ptr": "*i64"},
                              {"NORM": renorm.NORM_TWO, "ROWS": t.rows, "BLOCK_D": t.block_d},
-                             t.num_warps, floats=("max_norm", "p", "eps"), ones=("stride_wd",)))
+                             t.num_warps, floats=("max_norm", "threshold", "p", "eps"), ones=("stride_wd",)))
             for case in grad.compile_cases(dim, ptr):
                 out.append(_case(f"{case['label']} {dtype} D={dim}", "grad", **case["spec"]))
             for case in optim.compile_cases(dim, ptr):
@@ -111,12 +111,12 @@ def cases() -> list[dict]:
         out.append(_case(f"renorm p=2 keys=i32 float32 D={dim}", "renorm", "_renorm_kernel",
                          {"weight_ptr": "*fp32", "rows_ptr": "*i32"},
                          {"NORM": renorm.NORM_TWO, "ROWS": t.rows, "BLOCK_D": t.block_d},
-                         t.num_warps, floats=("max_norm", "p", "eps"), ones=("stride_wd",)))
+                         t.num_warps, floats=("max_norm", "threshold", "p", "eps"), ones=("stride_wd",)))
     t = gather.launch_shape(100)
     out.append(_case("renorm p=3 float32 D=100", "renorm", "_renorm_kernel",
                      {"weight_ptr": "*fp32", "rows_ptr": "*i64"},
                      {"NORM": renorm.NORM_GENERAL, "ROWS": t.rows, "BLOCK_D": t.block_d},
-                     t.num_warps, floats=("max_norm", "p", "eps")))
+                     t.num_warps, floats=("max_norm", "threshold", "p", "eps")))
     return out
 
 

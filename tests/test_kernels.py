@@ -3,6 +3,8 @@
 On CPU these run under Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET=1).
 """
 
+import math
+
 import pytest
 import torch
 
@@ -64,6 +66,28 @@ def test_strided_weight(triton_backend):
     sparsemb.embedding(idx, weight, max_norm=0.5)
     assert torch.linalg.vector_norm(weight[idx], dim=1).max() <= 0.5 + 1e-6
     torch.testing.assert_close(weight, expected, atol=1e-6, rtol=1e-6)  # written via strides
+
+
+@pytest.mark.parametrize("max_norm", [0.1, 0.3, 1.0, 1.1, 3e-5])
+def test_renorm_at_max_norm_decides_as_torch_on_the_device(triton_backend, max_norm):
+    """Rows of one value have a norm that is that value in every summation order, so rows at
+    the float32 neighbours of max_norm test the kernel's comparison alone: it must renorm the
+    rows torch's ``embedding_renorm_`` renorms on the same device (CPU: compared in float64;
+    CUDA: with max_norm rounded to float32; they differ where max_norm is not a float32)."""
+    center = torch.tensor(max_norm, dtype=torch.float32)
+    values = [center]
+    for direction in (math.inf, -math.inf):
+        value = center
+        for _ in range(3):
+            value = torch.nextafter(value, torch.tensor(direction))
+            values.append(value)
+    weight = torch.stack(values).view(-1, 1).to(triton_backend.device)
+    expected = weight.clone()
+    idx = torch.arange(weight.shape[0], device=triton_backend.device)
+    torch.embedding_renorm_(expected, idx.clone(), max_norm, 2.0)
+    kernel_module("renorm").renorm_rows_(weight, idx, max_norm, 2.0, torch_renorm.RENORM_EPS)
+    assert torch.equal(weight != torch.stack(values).view(-1, 1).to(weight.device),
+                       expected != torch.stack(values).view(-1, 1).to(weight.device))
 
 
 @pytest.mark.parametrize("chunked", [False, True])

@@ -11,6 +11,7 @@ import threading
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import sparsemb.optim
 from sparsemb.torch_backend import numba_rows
@@ -286,3 +287,103 @@ def test_a_numba_that_fails_to_load_warns_and_leaves_torch_ops(monkeypatch):
         monkeypatch.undo()
         numba_rows._kernels.cache_clear()
     assert numba_rows.available()
+
+
+# The max_norm lookup's pass: the gather that takes torch's own norms on the way
+# (``numba_rows.gather_over``, used by ``torch_backend.renorm.gather_renormed_``).
+
+on_x86_vectors = pytest.mark.skipif(
+    not torch.backends.cpu.get_cpu_capability().startswith("AVX"),
+    reason="torch's vector width is known here for its AVX2/AVX512 kernels only",
+)
+
+
+def boundary_table(rows, dim, dtype, seed=0):
+    """Random rows of mixed scales, a third of them renormed by torch to sit at max_norm=1.1
+    (at its float32 rounding: where a norm summed in another order decides otherwise)."""
+    g = torch.Generator().manual_seed(seed)
+    weight = torch.randn(rows, dim, generator=g, dtype=dtype)
+    weight *= torch.rand(rows, 1, generator=g, dtype=dtype).mul_(2)
+    torch.embedding_renorm_(weight, torch.arange(0, rows, 3), 1.1, 2.0)
+    return weight
+
+
+@on_x86_vectors
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dim", [64, 128, 256])
+def test_gather_over_decides_with_torchs_own_norms(dtype, dim):
+    weight = boundary_table(600, dim, dtype)
+    idx = torch.randint(0, 600, (1500,), generator=torch.Generator().manual_seed(1))
+    out = torch.empty(1500, dim, dtype=dtype)
+    over = numba_rows.gather_over(weight, idx, out, 1.1)
+    assert over is not None
+    assert torch.equal(out, weight[idx])
+    expected = torch.linalg.vector_norm(weight[idx], dim=1).double() > 1.1
+    assert expected.any() and not expected.all()
+    assert torch.equal(over, expected)
+
+
+@on_x86_vectors
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("max_norm", [0.3, 1.0, 1.1])
+def test_lookup_with_max_norm_equals_torch_and_the_blocked_path(monkeypatch, dtype, max_norm):
+    """Through the pass and without it: the same output and table, bit for bit, as torch's
+    ``F.embedding`` with max_norm, over lookups whose rows sit at the boundary; a NaN row is
+    left alone and an inf row renormed as torch does."""
+    from sparsemb.torch_backend import renorm
+
+    weight = boundary_table(600, 64, dtype)
+    weight[5] = float("nan")
+    weight[7, 3] = float("inf")
+    calls = []
+    monkeypatch.setattr(numba_rows, "gather_over",
+                        lambda *a, _f=numba_rows.gather_over: calls.append(_f(*a)) or calls[-1])
+    tables = {"pass": weight.clone(), "blocked": weight.clone(), "torch": weight.clone()}
+    g = torch.Generator().manual_seed(2)
+    for _ in range(3):
+        idx = torch.randint(0, 600, (1500,), generator=g)
+        idx[:2] = torch.tensor([5, 7])
+        outs = {"torch": F.embedding(idx.clone(), tables["torch"], max_norm=max_norm)}
+        outs["pass"] = renorm.gather_renormed_(tables["pass"], idx.clone(), max_norm, 2.0)
+        monkeypatch.setenv(numba_rows.ENV, "0")
+        outs["blocked"] = renorm.gather_renormed_(tables["blocked"], idx.clone(), max_norm, 2.0)
+        monkeypatch.delenv(numba_rows.ENV)
+        for name in ("pass", "blocked"):
+            torch.testing.assert_close(outs[name], outs["torch"], rtol=0, atol=0, equal_nan=True)
+            torch.testing.assert_close(tables[name], tables["torch"], rtol=0, atol=0,
+                                       equal_nan=True)
+        noise = torch.randn(600, 64, generator=g, dtype=dtype).mul_(1e-7)
+        for table in tables.values():
+            table.add_(noise)
+    assert [over is not None for over in calls] == [True, False] * 3  # the pass ran, then not
+
+
+def test_gather_over_declines_what_it_does_not_reproduce(monkeypatch):
+    """Not a contiguous float32/float64 table, a row length off torch's lanes, an index
+    outside the table (then the caller's torch gather raises, the table untouched), or a
+    torch whose norms it does not reproduce (here: the other vector width)."""
+    from sparsemb.torch_backend import renorm
+
+    weight = boundary_table(300, 64, torch.float32)
+    idx = torch.arange(0, 300, 2)
+    out = torch.empty(150, 64)
+    assert numba_rows.gather_over(weight.t().contiguous().t(), idx, out, 1.0) is None
+    assert numba_rows.gather_over(weight.half(), idx, out.half(), 1.0) is None
+    assert numba_rows.gather_over(weight[:, :36], idx, out[:, :36].contiguous(), 1.0) is None
+    assert numba_rows.gather_over(torch.zeros(300, 100), idx, torch.empty(150, 100), 1.0) is None
+    bad = idx.clone()
+    bad[-1] = 300
+    assert numba_rows.gather_over(weight, bad, out, 1.0) is None
+    before = weight.clone()
+    with pytest.raises(IndexError):
+        renorm.gather_renormed_(weight, bad, 1.0, 2.0)
+    assert torch.equal(weight, before)
+    other = {32: 64, 64: 32}[numba_rows._torch_vector_bytes()]
+    numba_rows._norms_pass.cache_clear()
+    monkeypatch.setattr(numba_rows, "_torch_vector_bytes", lambda: other)
+    try:
+        assert numba_rows.gather_over(weight, idx, out, 1.0) is None
+    finally:
+        monkeypatch.undo()
+        numba_rows._norms_pass.cache_clear()
+    assert numba_rows.gather_over(weight, idx, out, 1.0) is not None

@@ -170,6 +170,44 @@ def test_max_norm_renormalizes_weight_in_place(backend, dtype, norm_type):
     assert (norms <= 1.5 * (1 + 4 * rtol)).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("max_norm", [0.1, 0.3, 1.0, 1.1])
+@pytest.mark.parametrize("rows", [200, 5000])  # 5000 x 64: the compiled CPU pass, where Numba is
+def test_max_norm_at_the_boundary_renorms_the_rows_torch_renorms(backend, max_norm, rows, dtype):
+    """A row renormed once sits at max_norm's float32 rounding, so every later lookup decides
+    at the boundary. torch's CPU renorm compares the norm in float64, its CUDA kernel in
+    float32: where max_norm is not a float32 (0.1, 0.3, 1.1) the two disagree, and sparsemb
+    must decide as torch does. The rows are nudged by ~1 ulp between lookups so they cross
+    max_norm again. The pure-PyTorch path takes torch's own norms and must change the same
+    rows and stay bit-identical over all the lookups; the Triton kernel sums the squares in
+    another order, so at the boundary its norm may fall on the other side (each lookup starts
+    from the oracle's table; ``test_kernels`` checks its threshold)."""
+    exact = backend.name == "torch"
+    if not exact and dtype == torch.float64:
+        pytest.skip("the Triton kernel's float32 norms: float32 covers its threshold")
+    dim = 16 if rows == 200 else 64
+    ours, theirs = twin_tables(rows, dim, dtype, max_norm=max_norm, device=backend.device)
+    g = torch.Generator().manual_seed(3)
+    for _ in range(5):
+        idx = torch.randint(0, rows, (rows * 3 // 2,), generator=g).to(backend.device)
+        if not exact:
+            with torch.no_grad():
+                ours.weight.copy_(theirs.weight)
+        before = theirs.weight.detach().clone()
+        with torch.no_grad():
+            out, ref = ours(idx.clone()), theirs(idx.clone())
+        if exact:
+            changed = (ours.weight != before).any(1)
+            assert torch.equal(changed, (theirs.weight != before).any(1))
+        tolerance = {"rtol": 0, "atol": 0} if exact else {}
+        torch.testing.assert_close(ours.weight, theirs.weight, **tolerance)
+        torch.testing.assert_close(out, ref, **tolerance)
+        nudge = torch.randn(rows, dim, generator=g, dtype=dtype).mul_(1e-7).to(backend.device)
+        with torch.no_grad():
+            ours.weight.add_(nudge)
+            theirs.weight.add_(nudge)
+
+
 def test_max_norm_output_is_differentiable_but_renorm_is_not(backend):
     ours, theirs = twin_tables(12, 4, max_norm=0.5, device=backend.device)
     idx = random_indices(12, (5,), hot=1, device=backend.device)

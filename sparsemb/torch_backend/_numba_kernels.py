@@ -4,12 +4,20 @@ Each pass walks the touched rows once, both threads sharing them (``prange``), a
 registers what the torch-op path does with one op per step: plain IEEE ``+ - * /`` in the
 arrays' dtype, in torch's order. Numba contracts nothing into a fused multiply-add without
 ``fastmath``, so each operation rounds exactly as torch's separate ops do.
+
+The max_norm lookup's pass (``gather_over_*``) copies each looked-up row and sums its squares
+in one vector register the way torch's own CPU norm kernel does (``_copy_and_sum_squares``,
+written in LLVM IR: Numba does not vectorize that loop by itself), so the norms are torch's.
 """
 
 from __future__ import annotations
 
 import numba
-from numba import prange
+import numpy as np
+from llvmlite import ir
+from numba import prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 _jit = numba.njit(parallel=True, cache=True, nogil=True)
 
@@ -73,3 +81,82 @@ def scatter_rows(table, rows, values):
         r = rows[i]
         for j in range(values.shape[1]):
             table[r, j] = values[i, j]
+
+
+@intrinsic
+def _copy_and_sum_squares(typingctx, src, dst, vector_bytes):
+    """Copy the contiguous row ``src`` into ``dst`` and return the sum of its squares as torch's
+    vectorized CPU norm adds them (``norm_kernel_tensor_iterator_impl``, p=2, last dim): one
+    ``vector_bytes``-wide register of lanes, each lane adding ``x * x`` (a multiply, then an
+    add: no fused multiply-add) for every vector of the row in order, then the lanes added
+    left to right. Rows whose length is not a multiple of the lanes are not handled here (the
+    scalar tail's rounding depends on how torch was compiled)."""
+    if not (
+        isinstance(src, types.Array) and isinstance(dst, types.Array)
+        and src.ndim == dst.ndim == 1 and src.layout == dst.layout == "C"
+        and src.dtype == dst.dtype and src.dtype in (types.float32, types.float64)
+        and isinstance(vector_bytes, types.IntegerLiteral)
+    ):
+        return None
+    item_bytes = src.dtype.bitwidth // 8
+    lanes = vector_bytes.literal_value // item_bytes
+
+    def codegen(context, builder, signature, args):
+        source = context.make_array(signature.args[0])(context, builder, args[0])
+        target = context.make_array(signature.args[1])(context, builder, args[1])
+        vector = ir.VectorType(context.get_value_type(signature.args[0].dtype), lanes)
+        length = builder.extract_value(source.shape, 0)
+        width = ir.Constant(length.type, lanes)
+        acc = cgutils.alloca_once_value(builder, ir.Constant(vector, [0.0] * lanes))
+        with cgutils.for_range(builder, builder.udiv(length, width)) as loop:
+            offset = builder.mul(loop.index, width)
+            at = builder.bitcast(builder.gep(source.data, [offset]), vector.as_pointer())
+            x = builder.load(at, align=item_bytes)
+            to = builder.bitcast(builder.gep(target.data, [offset]), vector.as_pointer())
+            builder.store(x, to, align=item_bytes)
+            builder.store(builder.fadd(builder.load(acc), builder.fmul(x, x)), acc)
+        sums = builder.load(acc)
+        lane = [ir.Constant(ir.IntType(32), j) for j in range(lanes)]
+        total = builder.extract_element(sums, lane[0])
+        for j in range(1, lanes):
+            total = builder.fadd(total, builder.extract_element(sums, lane[j]))
+        return total
+
+    return src.dtype(src, dst, vector_bytes), codegen
+
+
+@_jit
+def gather_over_256(table, rows, out, max_norm, norms, over):
+    """out[i] = table[rows[i]]; norms[i] = its 2-norm, as torch computes it with 256-bit
+    vectors (AVX2, and torch's default and NEON builds); over[i] = norms[i] > max_norm, compared
+    in float64 as torch's CPU renorm compares it (NaN: never over). Returns (rows over, rows
+    outside the table: those are neither copied nor measured)."""
+    outside = 0
+    count = 0
+    for i in prange(rows.shape[0]):
+        r = rows[i]
+        if r < 0 or r >= table.shape[0]:
+            outside += 1
+        else:
+            norm = np.sqrt(_copy_and_sum_squares(table[r], out[i], 32))
+            norms[i] = norm
+            over[i] = np.float64(norm) > max_norm
+            count += over[i]
+    return count, outside
+
+
+@_jit
+def gather_over_512(table, rows, out, max_norm, norms, over):
+    """``gather_over_256`` with 512-bit vectors (torch's AVX512 build)."""
+    outside = 0
+    count = 0
+    for i in prange(rows.shape[0]):
+        r = rows[i]
+        if r < 0 or r >= table.shape[0]:
+            outside += 1
+        else:
+            norm = np.sqrt(_copy_and_sum_squares(table[r], out[i], 64))
+            norms[i] = norm
+            over[i] = np.float64(norm) > max_norm
+            count += over[i]
+    return count, outside
