@@ -228,31 +228,28 @@ def adagrad_update_(
 VECTOR_PASSES = {32: "gather_over_256", 64: "gather_over_512"}  # register bytes -> pass
 
 
-def _torch_vector_bytes() -> int:
-    """Width of torch's CPU vectors (``Vectorized<float>``) in this process: 64 bytes on its
-    AVX512 kernels, 32 on AVX2, its default build and ARM."""
-    capability = torch.backends.cpu.get_cpu_capability()
-    return 64 if capability.startswith("AVX512") else 32
-
-
 @functools.cache
 def _norms_pass(dtype: torch.dtype, dim: int) -> str | None:
     """The gather pass whose norms are torch's own ``vector_norm`` bits for rows of ``dim``
-    ``dtype`` values, or None: the pass for torch's vector width, checked once against
-    ``torch.linalg.vector_norm`` on 512 random rows of mixed scales (summing in any other order
-    differs there on ~30% of rows), so a torch built otherwise makes it decline, not diverge."""
-    vector_bytes = _torch_vector_bytes()
-    if dim % (vector_bytes // dtype.itemsize):
-        return None
+    ``dtype`` values, or None: each pass whose lanes divide ``dim``, 256-bit first, checked once
+    against ``torch.linalg.vector_norm`` on 512 random rows of mixed scales (a pass summing in
+    another order differs there on ~30% of rows), the first that matches taken. So it follows
+    the width torch's norm kernel really uses (256-bit on an AVX2 and on an AVX512 host alike,
+    torch 2.11 and 2.13), and declines rather than diverges where torch sums otherwise."""
     generator = torch.Generator().manual_seed(0)
     probe = torch.randn(512, dim, dtype=dtype, generator=generator)
     probe *= torch.rand(512, 1, dtype=dtype, generator=generator).mul_(8).exp2_()
     expected = torch.linalg.vector_norm(probe, dim=1)
-    name = VECTOR_PASSES[vector_bytes]
-    out, norms = torch.empty_like(probe), torch.empty_like(expected)
-    over = torch.empty(512, dtype=torch.bool)
-    getattr(_kernels(), name)(*_arrays(probe, torch.arange(512), out), 1.0, *_arrays(norms, over))
-    return name if torch.equal(norms, expected) and torch.equal(out, probe) else None
+    for vector_bytes, name in VECTOR_PASSES.items():
+        if dim % (vector_bytes // dtype.itemsize):
+            continue
+        out, norms = torch.empty_like(probe), torch.empty_like(expected)
+        over = torch.empty(512, dtype=torch.bool)
+        getattr(_kernels(), name)(*_arrays(probe, torch.arange(512), out), 1.0,
+                                  *_arrays(norms, over))
+        if torch.equal(norms, expected) and torch.equal(out, probe):
+            return name
+    return None
 
 
 @_parallel_section
@@ -261,9 +258,9 @@ def gather_over(weight: Tensor, indices: Tensor, out: Tensor, max_norm: float) -
     decided as torch's CPU renorm decides it (its own norm's bits, compared in float64), in one
     pass over the rows: the norms cost next to nothing (each row is in registers). None, with
     ``out`` untouched or partly written, where it does not apply: Numba unavailable, not a
-    contiguous float32/float64 CPU table, a row length that is not a multiple of torch's vector
+    contiguous float32/float64 CPU table, a row length that is not a multiple of the vector
     lanes, an index outside the table (the caller's gather then raises), or this torch's norms
-    not reproduced."""
+    not reproduced (``_norms_pass``)."""
     if not (
         available() and weight.device.type == "cpu" and weight.dtype in DTYPES
         and weight.is_contiguous() and out.is_contiguous() and weight.shape[1] > 0
