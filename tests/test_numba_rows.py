@@ -379,12 +379,11 @@ def test_gather_over_declines_what_it_does_not_reproduce(monkeypatch):
     with pytest.raises(IndexError):
         renorm.gather_renormed_(weight, bad, 1.0, 2.0)
     assert torch.equal(weight, before)
-    numba_rows._norms_pass.cache_clear()
-    passes = numba_rows.VECTOR_PASSES
-    monkeypatch.setattr(numba_rows, "VECTOR_PASSES", {64: passes[64]})  # 512-bit lanes only
+    numba_rows._norms_width.cache_clear()
+    monkeypatch.setattr(numba_rows, "VECTOR_BYTES", (64,))  # 512-bit lanes only
     try:
         assert numba_rows.gather_over(weight, idx, out, 1.0) is None
     finally:
         monkeypatch.undo()
-        numba_rows._norms_pass.cache_clear()
+        numba_rows._norms_width.cache_clear()
     assert numba_rows.gather_over(weight, idx, out, 1.0) is not None

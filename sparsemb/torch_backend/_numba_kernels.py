@@ -5,7 +5,7 @@ registers what the torch-op path does with one op per step: plain IEEE ``+ - * /
 arrays' dtype, in torch's order. Numba contracts nothing into a fused multiply-add without
 ``fastmath``, so each operation rounds exactly as torch's separate ops do.
 
-The max_norm lookup's pass (``gather_over_*``) copies each looked-up row and sums its squares
+The max_norm lookup's pass (``gather_over``) copies each looked-up row and sums its squares
 in one vector register the way torch's own CPU norm kernel does (``_copy_and_sum_squares``,
 written in LLVM IR: Numba does not vectorize that loop by itself), so the norms are torch's.
 """
@@ -126,11 +126,13 @@ def _copy_and_sum_squares(typingctx, src, dst, vector_bytes):
 
 
 @_jit
-def gather_over_256(table, rows, out, max_norm, norms, over):
-    """out[i] = table[rows[i]]; norms[i] = its 2-norm, as torch computes it with 256-bit
-    vectors (AVX2, and torch's default and NEON builds); over[i] = norms[i] > max_norm, compared
-    in float64 as torch's CPU renorm compares it (NaN: never over). Returns (rows over, rows
-    outside the table: those are neither copied nor measured)."""
+def gather_over(table, rows, out, max_norm, norms, over, vector_bytes):
+    """out[i] = table[rows[i]]; norms[i] = its 2-norm, as torch computes it with
+    ``vector_bytes``-wide vectors (32: AVX2, also torch's choice on AVX512 hosts for this kernel;
+    64: 512-bit; compiled once per width); over[i] = norms[i] > max_norm, compared in float64 as
+    torch's CPU renorm compares it (NaN: never over). Returns (rows over, rows outside the
+    table: those are neither copied nor measured)."""
+    numba.literally(vector_bytes)
     outside = 0
     count = 0
     for i in prange(rows.shape[0]):
@@ -138,24 +140,7 @@ def gather_over_256(table, rows, out, max_norm, norms, over):
         if r < 0 or r >= table.shape[0]:
             outside += 1
         else:
-            norm = np.sqrt(_copy_and_sum_squares(table[r], out[i], 32))
-            norms[i] = norm
-            over[i] = np.float64(norm) > max_norm
-            count += over[i]
-    return count, outside
-
-
-@_jit
-def gather_over_512(table, rows, out, max_norm, norms, over):
-    """``gather_over_256`` with 512-bit vectors (torch's AVX512 build)."""
-    outside = 0
-    count = 0
-    for i in prange(rows.shape[0]):
-        r = rows[i]
-        if r < 0 or r >= table.shape[0]:
-            outside += 1
-        else:
-            norm = np.sqrt(_copy_and_sum_squares(table[r], out[i], 64))
+            norm = np.sqrt(_copy_and_sum_squares(table[r], out[i], vector_bytes))
             norms[i] = norm
             over[i] = np.float64(norm) > max_norm
             count += over[i]

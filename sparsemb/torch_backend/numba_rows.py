@@ -225,13 +225,14 @@ def adagrad_update_(
     _mark_written(weight, state_sum)
 
 
-VECTOR_PASSES = {32: "gather_over_256", 64: "gather_over_512"}  # register bytes -> pass
+VECTOR_BYTES = (32, 64)  # the register widths the max_norm pass can sum in, in the order tried
 
 
 @functools.cache
-def _norms_pass(dtype: torch.dtype, dim: int) -> str | None:
-    """The gather pass whose norms are torch's own ``vector_norm`` bits for rows of ``dim``
-    ``dtype`` values, or None: each pass whose lanes divide ``dim``, 256-bit first, checked once
+def _norms_width(dtype: torch.dtype, dim: int) -> int | None:
+    """The register width (bytes) at which the gather pass's norms are torch's own
+    ``vector_norm`` bits for rows of ``dim`` ``dtype`` values, or None: each width whose lanes
+    divide ``dim``, 256-bit first, checked once
     against ``torch.linalg.vector_norm`` on 512 random rows of mixed scales (a pass summing in
     another order differs there on ~30% of rows), the first that matches taken. So it follows
     the width torch's norm kernel really uses (256-bit on an AVX2 and on an AVX512 host alike,
@@ -240,15 +241,15 @@ def _norms_pass(dtype: torch.dtype, dim: int) -> str | None:
     probe = torch.randn(512, dim, dtype=dtype, generator=generator)
     probe *= torch.rand(512, 1, dtype=dtype, generator=generator).mul_(8).exp2_()
     expected = torch.linalg.vector_norm(probe, dim=1)
-    for vector_bytes, name in VECTOR_PASSES.items():
+    for vector_bytes in VECTOR_BYTES:
         if dim % (vector_bytes // dtype.itemsize):
             continue
         out, norms = torch.empty_like(probe), torch.empty_like(expected)
         over = torch.empty(512, dtype=torch.bool)
-        getattr(_kernels(), name)(*_arrays(probe, torch.arange(512), out), 1.0,
-                                  *_arrays(norms, over))
+        _kernels().gather_over(*_arrays(probe, torch.arange(512), out), 1.0,
+                               *_arrays(norms, over), vector_bytes)
         if torch.equal(norms, expected) and torch.equal(out, probe):
-            return name
+            return vector_bytes
     return None
 
 
@@ -260,19 +261,19 @@ def gather_over(weight: Tensor, indices: Tensor, out: Tensor, max_norm: float) -
     ``out`` untouched or partly written, where it does not apply: Numba unavailable, not a
     contiguous float32/float64 CPU table, a row length that is not a multiple of the vector
     lanes, an index outside the table (the caller's gather then raises), or this torch's norms
-    not reproduced (``_norms_pass``)."""
+    not reproduced (``_norms_width``)."""
     if not (
         available() and weight.device.type == "cpu" and weight.dtype in DTYPES
         and weight.is_contiguous() and out.is_contiguous() and weight.shape[1] > 0
     ):
         return None
-    name = _norms_pass(weight.dtype, weight.shape[1])
-    if name is None:
+    vector_bytes = _norms_width(weight.dtype, weight.shape[1])
+    if vector_bytes is None:
         return None
     norms = torch.empty(indices.shape[0], dtype=weight.dtype)
     over = torch.empty(indices.shape[0], dtype=torch.bool)
-    count, outside = getattr(_kernels(), name)(
-        *_arrays(weight, indices, out), float(max_norm), *_arrays(norms, over)
+    count, outside = _kernels().gather_over(
+        *_arrays(weight, indices, out), float(max_norm), *_arrays(norms, over), vector_bytes
     )
     if outside:
         return None
