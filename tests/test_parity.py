@@ -185,6 +185,8 @@ def test_max_norm_at_the_boundary_renorms_the_rows_torch_renorms(backend, max_no
     exact = backend.name == "torch"
     if not exact and dtype == torch.float64:
         pytest.skip("the Triton kernel's float32 norms: float32 covers its threshold")
+    if not exact and rows == 5000 and backend.device.type == "cpu":
+        pytest.skip("under the interpreter the 200-row case covers the kernel (~10 s each)")
     dim = 16 if rows == 200 else 64
     ours, theirs = twin_tables(rows, dim, dtype, max_norm=max_norm, device=backend.device)
     g = torch.Generator().manual_seed(3)
