@@ -125,23 +125,29 @@ def _copy_and_sum_squares(typingctx, src, dst, vector_bytes):
     return src.dtype(src, dst, vector_bytes), codegen
 
 
-@_jit
-def gather_over(table, rows, out, max_norm, norms, over, vector_bytes):
-    """out[i] = table[rows[i]]; norms[i] = its 2-norm, as torch computes it with
-    ``vector_bytes``-wide vectors (32: AVX2, also torch's choice on AVX512 hosts for this kernel;
-    64: 512-bit; compiled once per width); over[i] = norms[i] > max_norm, compared in float64 as
-    torch's CPU renorm compares it (NaN: never over). Returns (rows over, rows outside the
-    table: those are neither copied nor measured)."""
-    numba.literally(vector_bytes)
-    outside = 0
-    count = 0
-    for i in prange(rows.shape[0]):
-        r = rows[i]
-        if r < 0 or r >= table.shape[0]:
-            outside += 1
-        else:
-            norm = np.sqrt(_copy_and_sum_squares(table[r], out[i], vector_bytes))
-            norms[i] = norm
-            over[i] = np.float64(norm) > max_norm
-            count += over[i]
-    return count, outside
+def _gather_over_pass(vector_bytes):
+    """The max_norm lookup's pass summing in ``vector_bytes``-wide registers (a compile-time
+    constant here: Numba's ``literally`` would re-run its compiler passes on every call)."""
+
+    def gather_over(table, rows, out, max_norm, norms, over):
+        """out[i] = table[rows[i]]; norms[i] = its 2-norm, as torch computes it with
+        ``vector_bytes``-wide vectors; over[i] = norms[i] > max_norm, compared in float64 as
+        torch's CPU renorm compares it (NaN: never over). Returns (rows over, rows outside the
+        table: those are neither copied nor measured)."""
+        outside = 0
+        count = 0
+        for i in prange(rows.shape[0]):
+            r = rows[i]
+            if r < 0 or r >= table.shape[0]:
+                outside += 1
+            else:
+                norm = np.sqrt(_copy_and_sum_squares(table[r], out[i], vector_bytes))
+                norms[i] = norm
+                over[i] = np.float64(norm) > max_norm
+                count += over[i]
+        return count, outside
+
+    return _jit(gather_over)
+
+
+GATHER_OVER = {32: _gather_over_pass(32), 64: _gather_over_pass(64)}  # 256- and 512-bit

@@ -246,8 +246,8 @@ def _norms_width(dtype: torch.dtype, dim: int) -> int | None:
             continue
         out, norms = torch.empty_like(probe), torch.empty_like(expected)
         over = torch.empty(512, dtype=torch.bool)
-        _kernels().gather_over(*_arrays(probe, torch.arange(512), out), 1.0,
-                               *_arrays(norms, over), vector_bytes)
+        _kernels().GATHER_OVER[vector_bytes](*_arrays(probe, torch.arange(512), out), 1.0,
+                                             *_arrays(norms, over))
         if torch.equal(norms, expected) and torch.equal(out, probe):
             return vector_bytes
     return None
@@ -272,8 +272,8 @@ def gather_over(weight: Tensor, indices: Tensor, out: Tensor, max_norm: float) -
         return None
     norms = torch.empty(indices.shape[0], dtype=weight.dtype)
     over = torch.empty(indices.shape[0], dtype=torch.bool)
-    count, outside = _kernels().gather_over(
-        *_arrays(weight, indices, out), float(max_norm), *_arrays(norms, over), vector_bytes
+    count, outside = _kernels().GATHER_OVER[vector_bytes](
+        *_arrays(weight, indices, out), float(max_norm), *_arrays(norms, over)
     )
     if outside:
         return None
