@@ -231,12 +231,12 @@ VECTOR_BYTES = (32, 64)  # the register widths the max_norm pass can sum in, in 
 @functools.cache
 def _norms_width(dtype: torch.dtype, dim: int) -> int | None:
     """The register width (bytes) at which the gather pass's norms are torch's own
-    ``vector_norm`` bits for rows of ``dim`` ``dtype`` values, or None: each width whose lanes
-    divide ``dim``, 256-bit first, checked once
-    against ``torch.linalg.vector_norm`` on 512 random rows of mixed scales (a pass summing in
-    another order differs there on ~30% of rows), the first that matches taken. So it follows
-    the width torch's norm kernel really uses (256-bit on an AVX2 and on an AVX512 host alike,
-    torch 2.11 and 2.13), and declines rather than diverges where torch sums otherwise."""
+    ``vector_norm`` bits for rows of ``dim`` ``dtype`` values, or None. Each width whose lanes
+    divide ``dim`` is checked once, 256-bit first, against ``torch.linalg.vector_norm`` on 512
+    random rows of mixed scales (a pass summing in another order differs there on ~30% of
+    rows), and the first that matches is taken: the width torch's norm kernel really uses
+    (256-bit on AVX2 and AVX512 hosts alike, torch 2.11 and 2.13). Where torch sums otherwise
+    the pass declines rather than diverges."""
     generator = torch.Generator().manual_seed(0)
     probe = torch.randn(512, dim, dtype=dtype, generator=generator)
     probe *= torch.rand(512, 1, dtype=dtype, generator=generator).mul_(8).exp2_()
@@ -257,11 +257,11 @@ def _norms_width(dtype: torch.dtype, dim: int) -> int | None:
 def gather_over(weight: Tensor, indices: Tensor, out: Tensor, max_norm: float) -> Tensor | None:
     """``out[:] = weight[indices]`` and which gathered rows have a 2-norm over ``max_norm``,
     decided as torch's CPU renorm decides it (its own norm's bits, compared in float64), in one
-    pass over the rows: the norms cost next to nothing (each row is in registers). None, with
-    ``out`` untouched or partly written, where it does not apply: Numba unavailable, not a
-    contiguous float32/float64 CPU table, a row length that is not a multiple of the vector
-    lanes, an index outside the table (the caller's gather then raises), or this torch's norms
-    not reproduced (``_norms_width``)."""
+    pass over the rows: the norms cost next to nothing (each row is in registers). Returns the
+    (N,) mask, or an empty one where no row is over. None, with ``out`` untouched or partly
+    written, where it does not apply: Numba unavailable, not a contiguous float32/float64 CPU
+    table, a row length that is not a multiple of the vector lanes, an index outside the table
+    (the caller's gather then raises), or this torch's norms not reproduced (``_norms_width``)."""
     if not (
         available() and weight.device.type == "cpu" and weight.dtype in DTYPES
         and weight.is_contiguous() and out.is_contiguous() and weight.shape[1] > 0
