@@ -89,8 +89,8 @@ def _copy_and_sum_squares(typingctx, src, dst, vector_bytes):
     vectorized CPU norm adds them (``norm_kernel_tensor_iterator_impl``, p=2, last dim): one
     ``vector_bytes``-wide register of lanes, each lane adding ``x * x`` (a multiply, then an
     add: no fused multiply-add) for every vector of the row in order, then the lanes added
-    left to right. Rows whose length is not a multiple of the lanes are not handled here (the
-    scalar tail's rounding depends on how torch was compiled)."""
+    left to right. The elements past the last whole vector (the row's tail) are left to the
+    caller, neither copied nor summed: how torch adds them depends on how it was compiled."""
     if not (
         isinstance(src, types.Array) and isinstance(dst, types.Array)
         and src.ndim == dst.ndim == 1 and src.layout == dst.layout == "C"
@@ -125,15 +125,39 @@ def _copy_and_sum_squares(typingctx, src, dst, vector_bytes):
     return src.dtype(src, dst, vector_bytes), codegen
 
 
-def _gather_over_pass(vector_bytes):
-    """The max_norm lookup's pass summing in ``vector_bytes``-wide registers (a compile-time
-    constant here: Numba's ``literally`` would re-run its compiler passes on every call)."""
+@intrinsic
+def _fma(typingctx, a, b, c):
+    """a * b + c rounded once (LLVM's fma), as a compiler contracts torch's scalar tail."""
+    if not (a == b == c and a in (types.float32, types.float64)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        kind = args[0].type
+        name = "llvm.fma.f32" if kind == ir.FloatType() else "llvm.fma.f64"
+        fma = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(kind, [kind, kind, kind]), name
+        )
+        return builder.call(fma, args)
+
+    return a(a, b, c), codegen
+
+
+def _gather_over_pass(vector_bytes, plain_tail):
+    """The max_norm lookup's pass summing in ``vector_bytes``-wide registers, then the row's
+    tail one element at a time: its first ``plain_tail`` elements squared and added (two
+    roundings), the rest with a fused multiply-add (``NO_TAIL``: rows are whole vectors, and
+    the pass has no tail loop). How torch's build adds the tail decides which (a compiler
+    contracts the scalar loop, but may square a few elements in a vector register first). Both
+    are compile-time constants here (Numba's ``literally`` would re-run its compiler passes on
+    every call)."""
 
     def gather_over(table, rows, out, max_norm, norms, over):
         """out[i] = table[rows[i]]; norms[i] = its 2-norm, as torch computes it with
         ``vector_bytes``-wide vectors; over[i] = norms[i] > max_norm, compared in float64 as
         torch's CPU renorm compares it (NaN: never over). Returns (rows over, rows outside the
         table: those are neither copied nor measured)."""
+        dim = table.shape[1]
+        body = dim - dim % (vector_bytes // table.itemsize)
         outside = 0
         count = 0
         for i in prange(rows.shape[0]):
@@ -141,7 +165,14 @@ def _gather_over_pass(vector_bytes):
             if r < 0 or r >= table.shape[0]:
                 outside += 1
             else:
-                norm = np.sqrt(_copy_and_sum_squares(table[r], out[i], vector_bytes))
+                src, dst = table[r], out[i]
+                total = _copy_and_sum_squares(src, dst, vector_bytes)
+                if plain_tail >= 0:  # a constant: rows without a tail compile without the loop
+                    for j in range(body, dim):
+                        x = src[j]
+                        dst[j] = x
+                        total = total + x * x if j - body < plain_tail else _fma(x, x, total)
+                norm = np.sqrt(total)
                 norms[i] = norm
                 over[i] = np.float64(norm) > max_norm
                 count += over[i]
@@ -150,4 +181,9 @@ def _gather_over_pass(vector_bytes):
     return _jit(gather_over)
 
 
-GATHER_OVER = {32: _gather_over_pass(32), 64: _gather_over_pass(64)}  # 256- and 512-bit
+NO_TAIL, ALL_PLAIN = -1, 1 << 30
+GATHER_OVER = {  # (register bytes, plain tail elements) -> pass; 256- and 512-bit registers
+    (width, plain_tail): _gather_over_pass(width, plain_tail)
+    for width in (32, 64)
+    for plain_tail in (NO_TAIL, ALL_PLAIN, 0, 4)
+}

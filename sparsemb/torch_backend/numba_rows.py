@@ -225,31 +225,47 @@ def adagrad_update_(
     _mark_written(weight, state_sum)
 
 
-VECTOR_BYTES = (32, 64)  # the register widths the max_norm pass can sum in, in the order tried
+PASSES = tuple(  # (register bytes, tail elements added without a fused multiply-add), in order
+    (width, plain_tail) for width in (32, 64) for plain_tail in (1 << 30, 0, 4)
+)
+
+
+def _probe_rows(dtype: torch.dtype, dim: int) -> Tensor:
+    """Rows that tell the passes apart: 512 of random values at mixed scales (another order of
+    the lanes' sums gives other bits on ~30% of them), and 512 whose last 15 values dwarf the
+    rest, so that a tail added with or without a fused multiply-add rounds differently on many
+    of them (on mixed rows alone it shows on ~0.2%: too few to decide on)."""
+    generator = torch.Generator().manual_seed(0)
+    rows = torch.randn(1024, dim, dtype=dtype, generator=generator)
+    rows[:512] *= torch.rand(512, 1, dtype=dtype, generator=generator).mul_(8).exp2_()
+    rows[512:, : max(dim - 15, 0)] *= 2.0**-12
+    return rows
 
 
 @functools.cache
-def _norms_width(dtype: torch.dtype, dim: int) -> int | None:
-    """The register width (bytes) at which the gather pass's norms are torch's own
-    ``vector_norm`` bits for rows of ``dim`` ``dtype`` values, or None. Each width whose lanes
-    divide ``dim`` is checked once, 256-bit first, against ``torch.linalg.vector_norm`` on 512
-    random rows of mixed scales (a pass summing in another order differs there on ~30% of
-    rows), and the first that matches is taken: the width torch's norm kernel really uses
-    (256-bit on AVX2 and AVX512 hosts alike, torch 2.11 and 2.13). Where torch sums otherwise
-    the pass declines rather than diverges."""
-    generator = torch.Generator().manual_seed(0)
-    probe = torch.randn(512, dim, dtype=dtype, generator=generator)
-    probe *= torch.rand(512, 1, dtype=dtype, generator=generator).mul_(8).exp2_()
+def _norms_pass(dtype: torch.dtype, dim: int) -> tuple[int, int] | None:
+    """Which gather pass (register width, how it adds the row's tail) gives torch's own
+    ``vector_norm`` bits for rows of ``dim`` ``dtype`` values, or None. Each is checked once,
+    256-bit first, against ``torch.linalg.vector_norm`` on ``_probe_rows``, and the first that
+    matches is taken: the width torch's norm kernel really uses (256-bit on AVX2 and AVX512
+    hosts alike, torch 2.11 and 2.13), and how its build adds a row's tail (on this AVX2 host,
+    torch 2.13: fused for tails of 1-3, 4 elements squared in a register first for 4-7). Where
+    torch sums otherwise the pass declines rather than diverges."""
+    probe = _probe_rows(dtype, dim)
     expected = torch.linalg.vector_norm(probe, dim=1)
-    for vector_bytes in VECTOR_BYTES:
-        if dim % (vector_bytes // dtype.itemsize):
-            continue
+    for width, plain_tail in PASSES:
+        lanes = width // dtype.itemsize
+        if dim < lanes or (plain_tail != PASSES[0][1] and dim % lanes == 0):
+            continue  # no whole vector (torch takes another path); no tail: one pass will do
+        if dim % lanes == 0:
+            plain_tail = _kernels().NO_TAIL  # rows of whole vectors: the pass without a tail
         out, norms = torch.empty_like(probe), torch.empty_like(expected)
-        over = torch.empty(512, dtype=torch.bool)
-        _kernels().GATHER_OVER[vector_bytes](*_arrays(probe, torch.arange(512), out), 1.0,
-                                             *_arrays(norms, over))
+        over = torch.empty(probe.shape[0], dtype=torch.bool)
+        _kernels().GATHER_OVER[width, plain_tail](
+            *_arrays(probe, torch.arange(probe.shape[0]), out), 1.0, *_arrays(norms, over)
+        )
         if torch.equal(norms, expected) and torch.equal(out, probe):
-            return vector_bytes
+            return width, plain_tail
     return None
 
 
@@ -260,19 +276,19 @@ def gather_over(weight: Tensor, indices: Tensor, out: Tensor, max_norm: float) -
     pass over the rows: the norms cost next to nothing (each row is in registers). Returns the
     (N,) mask, or an empty one where no row is over. None, with ``out`` untouched or partly
     written, where it does not apply: Numba unavailable, not a contiguous float32/float64 CPU
-    table, a row length that is not a multiple of the vector lanes, an index outside the table
-    (the caller's gather then raises), or this torch's norms not reproduced (``_norms_width``)."""
+    table, an index outside the table (the caller's gather then raises), or this torch's norms
+    not reproduced for this row length (``_norms_pass``)."""
     if not (
         available() and weight.device.type == "cpu" and weight.dtype in DTYPES
         and weight.is_contiguous() and out.is_contiguous() and weight.shape[1] > 0
     ):
         return None
-    vector_bytes = _norms_width(weight.dtype, weight.shape[1])
-    if vector_bytes is None:
+    chosen = _norms_pass(weight.dtype, weight.shape[1])
+    if chosen is None:
         return None
     norms = torch.empty(indices.shape[0], dtype=weight.dtype)
     over = torch.empty(indices.shape[0], dtype=torch.bool)
-    count, outside = _kernels().GATHER_OVER[vector_bytes](
+    count, outside = _kernels().GATHER_OVER[chosen](
         *_arrays(weight, indices, out), float(max_norm), *_arrays(norms, over)
     )
     if outside:
