@@ -40,15 +40,14 @@ def exceeds(norms: Tensor, max_norm: float) -> Tensor:
 
 
 def renorm_scales(norms: Tensor, max_norm: float) -> Tensor:
-    """Per-row factor: max_norm / (norm + 1e-7) where norm > max_norm, else 1.
+    """Per-row factor max_norm / (norm + 1e-7), for rows whose norm is over max_norm.
 
-    Divided in float64 and rounded to the norms' dtype, as torch's ``embedding_renorm_``
+    Divided in float64 (a true division: torch's ``max_norm / tensor`` is a reciprocal and a
+    multiply, 1 ulp off) and rounded to the norms' dtype, as torch's ``embedding_renorm_``
     computes its scale in double and multiplies the row by it: the renormed rows equal torch's
     bit for bit (a float32 division differed from it by 1-2 ulp)."""
     denominator = norms.double() + RENORM_EPS
-    # a true division: ``max_norm / tensor`` is reciprocal-then-multiply in torch, 1 ulp off
-    scale = torch.div(torch.full_like(denominator, max_norm), denominator).to(norms.dtype)
-    return torch.where(exceeds(norms, max_norm), scale, torch.ones_like(scale))
+    return torch.div(torch.full_like(denominator, max_norm), denominator).to(norms.dtype)
 
 
 def renorm_(weight: Tensor, indices: Tensor, max_norm: float, norm_type: float) -> None:
